@@ -1,0 +1,68 @@
+"""Test, lint, type-check and documentation sessions.
+
+``nox`` runs the default sessions: the test suite once per array backend
+(numpy, array_api_strict, torch, jax) on the CPU, ``lint``, ``typecheck`` and
+``docs``. ``nox -t gpu`` runs the GPU session in the current interpreter
+(for machines with CUDA, torch/jax/cupy preinstalled and no package index).
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+
+# torch is pinned to the CPU build these machines hold on disk: an open range
+# can make pip pull a multi-GB CUDA build.
+TORCH = "torch==2.13.0"
+BACKENDS = {
+    "numpy": [],
+    "array_api_strict": [],
+    "torch": [TORCH],
+    "jax": ["jax"],
+}
+TEST_ENV = {"CONVSV_REQUIRE_BACKENDS": "1", "HYPOTHESIS_PROFILE": "ci"}
+
+
+@nox.session
+@nox.parametrize("backend", list(BACKENDS))
+def tests(session: nox.Session, backend: str) -> None:
+    """The test suite on one CPU backend (the tests of the others are deselected)."""
+    session.install(*BACKENDS[backend], "-e", ".[test]")
+    session.run("pytest", *session.posargs, env={**TEST_ENV, "CONVSV_BACKENDS": backend})
+
+
+@nox.session(venv_backend="none", default=False, tags=["gpu"])
+def tests_gpu(session: nox.Session) -> None:
+    """Every backend, GPU variants required, in the current interpreter (no installs)."""
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        *session.posargs,
+        env={**TEST_ENV, "CONVSV_REQUIRE_GPU": "1", "CONVSV_REQUIRE_BACKENDS": "0"},
+    )
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Ruff lint and format check."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """Mypy, strict, on the package."""
+    session.install("-e", ".[typecheck]")
+    session.run("mypy")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation with warnings as errors, and run its examples and the README's."""
+    session.install(TORCH, "jax", "-e", ".[docs,test]")
+    session.run("sphinx-build", "-W", "--keep-going", "-n", "-b", "html", "docs", "docs/_build/html")
+    session.run("pytest", "README.md", "docs", "-p", "no:cacheprovider", env=TEST_ENV)

@@ -1,0 +1,11 @@
+"""convsv: exact singular values of convolutional layers, for any array-API backend.
+
+The public API is re-exported here; every other module is private.
+"""
+
+from ._operator import conv_matrix
+from ._spectrum import operator_norm, singular_values
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["__version__", "conv_matrix", "operator_norm", "singular_values"]

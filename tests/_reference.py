@@ -1,0 +1,66 @@
+"""Independent NumPy ground truth, written from the formulas, not from convsv.
+
+Nothing here imports convsv: these are the routes the library is checked
+against.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def circular_conv(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """``y[o, r] = sum_i sum_p K[p, i, o] * x[i, (r + p) mod n]``, written out.
+
+    ``x`` is ``(..., c_in, *n)``, ``kernel`` is spatial-first
+    ``(*k, c_in, c_out)``; returns ``(..., c_out, *n)``. ``np.roll`` by ``-p``
+    puts ``x[r + p]`` at ``r`` for any ``p``, including offsets beyond the map
+    (wrap-around).
+    """
+    d = kernel.ndim - 2
+    spatial = "xyz"[:d]
+    y = np.zeros((*x.shape[: -d - 1], kernel.shape[-1], *x.shape[-d:]), dtype=np.result_type(x, kernel))
+    for p in np.ndindex(*kernel.shape[:d]):
+        shifted = np.roll(x, shift=[-q for q in p], axis=tuple(range(-d, 0)))
+        y += np.einsum(f"io,...i{spatial}->...o{spatial}", kernel[p], shifted)
+    return y
+
+
+def dense_matrix(kernel: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """The layer's matrix, column by column: the convolution of each basis vector."""
+    c_in = kernel.shape[-2]
+    size = c_in * math.prod(input_shape)
+    basis = np.eye(size).reshape(size, c_in, *input_shape)
+    return circular_conv(basis, kernel).reshape(size, -1).T
+
+
+def dense_singular_values(kernel: np.ndarray, input_shape: tuple[int, ...]) -> np.ndarray:
+    """All singular values of the dense matrix, in float64/complex128, descending."""
+    kernel = kernel.astype(np.complex128 if np.iscomplexobj(kernel) else np.float64)
+    return np.linalg.svd(dense_matrix(kernel, input_shape), compute_uv=False)
+
+
+def frequency_matrix(kernel: np.ndarray, freq: tuple[int, ...], input_shape: tuple[int, ...]) -> np.ndarray:
+    """``sum_p K[p] exp(+2 pi i <f, p / n>)`` by an explicit sum over the taps."""
+    d = len(input_shape)
+    total = np.zeros(kernel.shape[d:], dtype=np.complex128)
+    for p in np.ndindex(*kernel.shape[:d]):
+        phase = sum(f * q / n for f, q, n in zip(freq, p, input_shape, strict=True))
+        total += kernel[p] * np.exp(2j * np.pi * phase)
+    return total
+
+
+def paper_singular_values(kernel: np.ndarray, input_shape: tuple[int, int]) -> np.ndarray:
+    """The paper's NumPy two-liner (real 2-D HWIO kernels no larger than the map)."""
+    transforms = np.fft.fft2(kernel, input_shape, axes=[0, 1])
+    return np.linalg.svd(transforms, compute_uv=False)
+
+
+def to_hwio(kernel: np.ndarray, layout: str) -> np.ndarray:
+    """A PyTorch-layout (out, in, *spatial) kernel in spatial-first order."""
+    if layout.startswith("OI"):
+        d = kernel.ndim - 2
+        return np.transpose(kernel, (*range(2, d + 2), 1, 0))
+    return kernel

@@ -1,0 +1,179 @@
+"""The ``backend`` fixture: every core test runs on every array backend.
+
+Backends: numpy, array_api_strict (default device and a second, non-default
+device, so a result that wanders to the default device is caught), torch
+(CPU), jax (float32, and float64 with ``jax_enable_x64``), and the GPU variants
+cupy, torch-cuda and jax-gpu, which skip themselves where there is no GPU.
+
+``CONVSV_BACKENDS=numpy,torch`` restricts the run to some backends (a nox
+session per backend does this). ``CONVSV_REQUIRE_BACKENDS=1`` turns "library
+not installed" skips of the selected CPU backends into failures, so a broken
+install cannot pass as a skip in CI; ``CONVSV_REQUIRE_GPU=1`` does the same
+for the GPU variants (the ``gpu`` nox session, on a machine with a GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+import hypothesis
+import numpy as np
+import pytest
+
+CPU_BACKENDS = ["numpy", "array_api_strict", "array_api_strict-device1", "torch", "jax", "jax-x64"]
+GPU_BACKENDS = ["cupy", "torch-cuda", "jax-gpu"]
+
+
+def _selected(name: str) -> bool:
+    wanted = os.environ.get("CONVSV_BACKENDS")
+    if not wanted:
+        return True
+    return name.split("-")[0] in {w.strip() for w in wanted.split(",")}
+
+
+@dataclass
+class Backend:
+    """One array library on one device, as the tests see it."""
+
+    name: str
+    xp: Any  # the array_api_compat namespace results must come back in
+    device: Any
+    float64: bool = True  # whether float64 arrays can be made (jax without x64: no)
+    to_numpy: Callable[[Any], np.ndarray] = field(default=np.asarray)
+
+    def asarray(self, a: Any, dtype: str | None = None) -> Any:
+        """Move a NumPy array (or scalar) to this backend, with an optional dtype name."""
+        a = np.asarray(a)
+        dt = getattr(self.xp, dtype if dtype is not None else str(a.dtype))
+        return self.xp.asarray(a, dtype=dt, device=self.device)
+
+    @property
+    def default_float(self) -> str:
+        """The most precise real float this backend offers: what most tests use."""
+        return "float64" if self.float64 else "float32"
+
+    @property
+    def default_real(self) -> str:
+        """The namespace's default real float (float32 on torch, whatever the device)."""
+        info = self.xp.__array_namespace_info__()
+        default = info.default_dtypes(device=self.device)["real floating"]
+        return "float64" if default == self.xp.float64 else "float32"
+
+    def check(self, result: Any, dtype: str) -> np.ndarray:
+        """Assert namespace, device and dtype of ``result``; return it as NumPy."""
+        import array_api_compat
+
+        assert array_api_compat.array_namespace(result) is self.xp, self.name
+        if self.name == "numpy":
+            assert isinstance(result, np.ndarray), f"a NumPy array, not {type(result).__name__}"
+        assert array_api_compat.device(result) == self.device, (array_api_compat.device(result), self.device)
+        assert result.dtype == getattr(self.xp, dtype), (result.dtype, dtype)
+        return self.to_numpy(result)
+
+
+def _unavailable(backend: str, reason: str) -> NoReturn:
+    """Skip a backend this machine lacks, or fail where the run says it must be there."""
+    required = "CONVSV_REQUIRE_GPU" if backend in GPU_BACKENDS else "CONVSV_REQUIRE_BACKENDS"
+    if os.environ.get(required) == "1":
+        pytest.fail(f"backend {backend} is required ({required}=1) but unavailable: {reason}")
+    pytest.skip(reason)
+
+
+def _import_or_skip(module: str, backend: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        _unavailable(backend, f"{module} is not installed")
+
+
+@contextlib.contextmanager
+def _make_backend(name: str) -> Iterator[Backend]:
+    import array_api_compat
+
+    if name == "numpy":
+        yield Backend(name, array_api_compat.array_namespace(np.empty(0)), "cpu")
+    elif name.startswith("array_api_strict"):
+        xs = _import_or_skip("array_api_strict", name)
+        device = xs.Device("device1") if name.endswith("device1") else xs.Device("CPU_DEVICE")
+        yield Backend(name, xs, device, to_numpy=np.from_dlpack)
+    elif name.startswith("torch"):
+        torch = _import_or_skip("torch", name)
+        if name == "torch-cuda" and not torch.cuda.is_available():
+            _unavailable(name, "no CUDA device")
+        device = torch.device("cuda:0" if name == "torch-cuda" else "cpu")
+        yield Backend(
+            name,
+            array_api_compat.array_namespace(torch.empty(0)),
+            device,
+            to_numpy=lambda t: t.detach().cpu().resolve_conj().numpy(),
+        )
+    elif name.startswith("jax"):
+        jax = _import_or_skip("jax", name)
+        platform = "gpu" if name == "jax-gpu" else "cpu"
+        try:
+            device = jax.devices(platform)[0]
+        except RuntimeError:
+            _unavailable(name, f"no JAX {platform} device")
+        x64 = name != "jax"
+        with jax.enable_x64(x64):
+            yield Backend(name, jax.numpy, device, float64=x64)
+    elif name == "cupy":
+        cp = _import_or_skip("cupy", name)
+        try:
+            device = cp.cuda.Device(0)
+            device.compute_capability  # noqa: B018  (raises without a GPU)
+        except Exception:  # CUDARuntimeError, or a driver error on import
+            _unavailable(name, "no CUDA device for CuPy")
+        yield Backend(name, array_api_compat.array_namespace(cp.empty(0)), device, to_numpy=cp.asnumpy)
+    else:  # pragma: no cover
+        msg = f"unknown backend {name}"
+        raise AssertionError(msg)
+
+
+@pytest.fixture(params=CPU_BACKENDS + GPU_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    """Each array backend in turn."""
+    with _make_backend(request.param) as b:
+        yield b
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the backends that ``CONVSV_BACKENDS`` leaves out."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        name = callspec.params.get("backend") if callspec is not None else None
+        (keep if name is None or _selected(name) else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A fresh, seeded generator per test: failures reproduce."""
+    return np.random.default_rng(20190101)
+
+
+def require(module: str) -> Any:
+    """Import an optional framework used as an independent reference (a framework's own conv).
+
+    Skips where the library is missing, unless this run selects its backend and
+    ``CONVSV_REQUIRE_BACKENDS=1`` asks for it: then its absence is a failure.
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if _selected(module) and os.environ.get("CONVSV_REQUIRE_BACKENDS") == "1":
+            pytest.fail(f"{module!r} is required (CONVSV_REQUIRE_BACKENDS=1) but missing")
+        pytest.skip(f"{module} is not installed")
+
+
+# CI runs with HYPOTHESIS_PROFILE=ci: the same examples every run, no example database.
+hypothesis.settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

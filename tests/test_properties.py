@@ -1,0 +1,78 @@
+"""Property-based checks over random shapes: the spectrum is the dense matrix's spectrum.
+
+Kernel sizes 1-7 per axis, non-square kernels and maps, maps smaller than
+kernels, 1-6 channels with c_in != c_out, 1-D/2-D/3-D. The dense SVD of the
+written-out matrix is the ground truth.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import convsv
+
+from _reference import dense_matrix, dense_singular_values
+
+# Per rank: kernel and map sizes per axis; 3-D is kept smaller so the dense SVD stays cheap.
+SIZES = {1: (7, 12), 2: (7, 6), 3: (4, 3)}
+LAYOUTS = {1: "WIO", 2: "HWIO", 3: "DHWIO"}
+
+
+@st.composite
+def layers(draw):
+    d = draw(st.integers(1, 3))
+    k_max, n_max = SIZES[d]
+    ksize = tuple(draw(st.lists(st.integers(1, k_max), min_size=d, max_size=d)))
+    input_shape = tuple(draw(st.lists(st.integers(1, n_max), min_size=d, max_size=d)))
+    c_in, c_out = draw(st.integers(1, 6)), draw(st.integers(1, 6))
+    seed = draw(st.integers(0, 2**32 - 1))
+    kernel = np.random.default_rng(seed).standard_normal((*ksize, c_in, c_out))
+    return kernel, input_shape
+
+
+def _examples(backend) -> int:
+    # JAX compiles afresh for every new shape (about a second each): fewer examples there.
+    return 10 if backend.name.startswith("jax") else 60
+
+
+def test_spectrum_is_the_dense_spectrum(backend):
+    @settings(max_examples=_examples(backend), deadline=None)
+    @given(layers())
+    def check(layer):
+        kernel, input_shape = layer
+        dtype = backend.default_float
+        layout = LAYOUTS[len(input_shape)]
+        s = backend.check(
+            convsv.singular_values(backend.asarray(kernel, dtype), input_shape, layout=layout), dtype
+        )
+        assert s.shape == (*input_shape, min(kernel.shape[-2:]))
+        expected = dense_singular_values(kernel, input_shape)
+        tol = 1e-10 if dtype == "float64" else 3e-5
+        np.testing.assert_allclose(np.sort(s.ravel())[::-1], expected, atol=tol * expected[0])
+        norm = backend.check(
+            convsv.operator_norm(backend.asarray(kernel, dtype), input_shape, layout=layout), dtype
+        )
+        np.testing.assert_allclose(norm, expected[0], rtol=tol)
+
+    check()
+
+
+def test_conv_matrix_is_the_written_out_matrix(backend):
+    @settings(max_examples=_examples(backend), deadline=None)
+    @given(layers())
+    def check(layer):
+        kernel, input_shape = layer
+        dtype = backend.default_float
+        layout = LAYOUTS[len(input_shape)]
+        m = backend.check(
+            convsv.conv_matrix(backend.asarray(kernel, dtype), input_shape, layout=layout), dtype
+        )
+        n = math.prod(input_shape)
+        assert m.shape == (kernel.shape[-1] * n, kernel.shape[-2] * n)
+        np.testing.assert_allclose(m, dense_matrix(kernel.astype(dtype), input_shape), rtol=1e-5, atol=1e-5)
+
+    check()
