@@ -1,0 +1,34 @@
+"""Sphinx configuration for the convsv documentation."""
+
+import convsv
+
+project = "convsv"
+author = "The convsv developers"
+copyright = "2026, The convsv developers"
+release = convsv.__version__
+version = release
+
+extensions = [
+    "myst_parser",
+    "numpydoc",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.mathjax",
+]
+source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+exclude_patterns = ["_build"]
+myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
+myst_heading_anchors = 3
+
+# numpydoc: validate every public docstring during the (strict) build.
+numpydoc_validation_checks = {"all", "ES01", "SA01", "EX01", "GL08"}
+numpydoc_xref_param_type = False
+numpydoc_show_class_members = False
+autodoc_typehints = "none"
+
+html_theme = "pydata_sphinx_theme"
+html_title = "convsv"
+html_theme_options = {
+    "navigation_with_keys": False,
+    "show_toc_level": 2,
+}
+# MathJax is loaded from its CDN by the browser; the build itself needs no network.
