@@ -56,7 +56,8 @@ def test_kernel_shape_and_layout_errors(backend, function, shape, layout, match)
         (0, ValueError, "`input_shape` must contain positive sizes"),
         ((4, -1), ValueError, "`input_shape` must contain positive sizes"),
         ((4.0, 4), TypeError, "`input_shape` must contain integers"),
-        ("44", TypeError, "`input_shape` must contain integers"),
+        ("44", TypeError, "`input_shape` must be an int or a sequence of ints, got str"),
+        ((), ValueError, "`input_shape` has 0 entries"),
         (True, TypeError, "`input_shape` must contain integers, got a bool"),
         (None, TypeError, "`input_shape` must contain integers"),
     ],
@@ -67,6 +68,11 @@ def test_input_shape_errors(backend, function, input_shape, error, match):
         function(kernel, input_shape)
 
 
-def test_numpy_integers_are_valid_sizes(function):
+@pytest.mark.parametrize(
+    "input_shape",
+    [(np.int64(3), np.int32(3)), np.array([3, 3]), np.int64(3), np.array(3), [3, 3]],
+    ids=["numpy-ints", "numpy-array", "numpy-scalar", "0-d-array", "list"],
+)
+def test_integer_like_sizes_are_accepted(function, input_shape):
     kernel = np.arange(4.0).reshape(2, 2, 1, 1)
-    np.testing.assert_array_equal(function(kernel, (np.int64(3), np.int32(3))), function(kernel, (3, 3)))
+    np.testing.assert_array_equal(function(kernel, input_shape), function(kernel, (3, 3)))

@@ -76,3 +76,31 @@ def test_conv_matrix_is_the_written_out_matrix(backend):
         np.testing.assert_allclose(m, dense_matrix(kernel.astype(dtype), input_shape), rtol=1e-5, atol=1e-5)
 
     check()
+
+
+@st.composite
+def layers_that_fit(draw):
+    """Kernels no larger than the map on any axis (no folding)."""
+    kernel, input_shape = draw(layers())
+    ksize = tuple(min(k, n) for k, n in zip(kernel.shape[:-2], input_shape, strict=True))
+    return kernel[tuple(slice(k) for k in ksize)], input_shape
+
+
+def test_norm_is_sandwiched_by_the_reshaped_norm(backend):
+    # ||R|| <= ||layer|| <= sqrt(P) ||R|| for the (P c_in) x c_out reshaped kernel R,
+    # P taps (proved on the theory page), checked against NumPy's matrix norm of R.
+    @settings(max_examples=_examples(backend), deadline=None)
+    @given(layers_that_fit())
+    def check(layer):
+        kernel, input_shape = layer
+        dtype = backend.default_float
+        layout = LAYOUTS[len(input_shape)]
+        norm = float(
+            backend.to_numpy(convsv.operator_norm(backend.asarray(kernel, dtype), input_shape, layout=layout))
+        )
+        reshaped = np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), 2)
+        taps = math.prod(kernel.shape[:-2])
+        tol = 1e-10 if dtype == "float64" else 3e-5
+        assert reshaped * (1 - tol) <= norm <= math.sqrt(taps) * reshaped * (1 + tol)
+
+    check()

@@ -237,3 +237,16 @@ def test_torch_works_under_no_grad(rng):
         norm = convsv.operator_norm(kernel, 5)
     assert not norm.requires_grad
     assert float(norm) == pytest.approx(dense_singular_values(kernel.detach().numpy(), (5, 5))[0])
+
+
+def test_one_by_one_kernel_norm_is_the_matrix_norm(backend, rng):
+    # A 1x1 convolution applies the same c_in x c_out matrix at every position,
+    # so its norm is that matrix's norm and its spectrum repeats at every frequency.
+    weight = rng.standard_normal((5, 3))
+    dtype = backend.default_float
+    kernel = backend.asarray(weight.reshape(1, 1, 5, 3), dtype)
+    norm = backend.check(convsv.operator_norm(kernel, (6, 4)), dtype)
+    np.testing.assert_allclose(norm, np.linalg.norm(weight, 2), rtol=tolerance(dtype))
+    s = backend.check(convsv.singular_values(kernel, (6, 4)), dtype)
+    expected = np.linalg.svd(weight, compute_uv=False)
+    np.testing.assert_allclose(s, np.broadcast_to(expected, (6, 4, 3)), rtol=tolerance(dtype) * 10)

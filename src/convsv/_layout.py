@@ -63,11 +63,18 @@ def _size(value: object, name: str) -> int:
 
 
 def normalize_shape(value: object, ndim: int, name: str) -> tuple[int, ...]:
-    """A bare int or one int per spatial axis -> a tuple of ``ndim`` positive ints."""
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        sizes = tuple(_size(v, name) for v in value)
-    else:
-        sizes = (_size(value, name),) * ndim
+    """A bare int or one int per spatial axis -> a tuple of ``ndim`` positive ints.
+
+    Any iterable of integers works (a tuple, ``torch.Size``, a NumPy array).
+    """
+    if isinstance(value, (str, bytes)):
+        msg = f"`{name}` must be an int or a sequence of ints, got {type(value).__name__}"
+        raise TypeError(msg)
+    try:
+        items = tuple(value)  # type: ignore[call-overload]
+    except TypeError:  # not iterable: one size for every axis
+        items = (value,) * ndim
+    sizes = tuple(_size(v, name) for v in items)
     if len(sizes) != ndim:
         msg = f"`{name}` has {len(sizes)} entries but the kernel has {ndim} spatial axes"
         raise ValueError(msg)
