@@ -71,7 +71,7 @@ def normalize_shape(value: object, ndim: int, name: str) -> tuple[int, ...]:
         msg = f"`{name}` must be an int or a sequence of ints, got {type(value).__name__}"
         raise TypeError(msg)
     try:
-        items = tuple(value)  # type: ignore[call-overload]
+        items: tuple[object, ...] = tuple(value)  # type: ignore[arg-type]
     except TypeError:  # not iterable: one size for every axis
         items = (value,) * ndim
     sizes = tuple(_size(v, name) for v in items)
