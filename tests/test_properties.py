@@ -39,24 +39,29 @@ def _examples(backend) -> int:
     return 10 if backend.name.startswith("jax") else 60
 
 
+def apply(function, backend, layer):
+    """``function(kernel, input_shape)`` on ``backend``, checked and returned as NumPy."""
+    kernel, input_shape = layer
+    dtype = backend.default_float
+    layout = LAYOUTS[len(input_shape)]
+    return backend.check(function(backend.asarray(kernel, dtype), input_shape, layout=layout), dtype)
+
+
+def tolerance(backend) -> float:
+    return 1e-10 if backend.default_float == "float64" else 3e-5
+
+
 def test_spectrum_is_the_dense_spectrum(backend):
     @settings(max_examples=_examples(backend), deadline=None)
     @given(layers())
     def check(layer):
         kernel, input_shape = layer
-        dtype = backend.default_float
-        layout = LAYOUTS[len(input_shape)]
-        s = backend.check(
-            convsv.singular_values(backend.asarray(kernel, dtype), input_shape, layout=layout), dtype
-        )
+        s = apply(convsv.singular_values, backend, layer)
         assert s.shape == (*input_shape, min(kernel.shape[-2:]))
         expected = dense_singular_values(kernel, input_shape)
-        tol = 1e-10 if dtype == "float64" else 3e-5
+        tol = tolerance(backend)
         np.testing.assert_allclose(np.sort(s.ravel())[::-1], expected, atol=tol * expected[0])
-        norm = backend.check(
-            convsv.operator_norm(backend.asarray(kernel, dtype), input_shape, layout=layout), dtype
-        )
-        np.testing.assert_allclose(norm, expected[0], rtol=tol)
+        np.testing.assert_allclose(apply(convsv.operator_norm, backend, layer), expected[0], rtol=tol)
 
     check()
 
@@ -66,14 +71,11 @@ def test_conv_matrix_is_the_written_out_matrix(backend):
     @given(layers())
     def check(layer):
         kernel, input_shape = layer
-        dtype = backend.default_float
-        layout = LAYOUTS[len(input_shape)]
-        m = backend.check(
-            convsv.conv_matrix(backend.asarray(kernel, dtype), input_shape, layout=layout), dtype
-        )
+        m = apply(convsv.conv_matrix, backend, layer)
         n = math.prod(input_shape)
         assert m.shape == (kernel.shape[-1] * n, kernel.shape[-2] * n)
-        np.testing.assert_allclose(m, dense_matrix(kernel.astype(dtype), input_shape), rtol=1e-5, atol=1e-5)
+        expected = dense_matrix(kernel.astype(backend.default_float), input_shape)
+        np.testing.assert_allclose(m, expected, rtol=1e-5, atol=1e-5)
 
     check()
 
@@ -92,15 +94,11 @@ def test_norm_is_sandwiched_by_the_reshaped_norm(backend):
     @settings(max_examples=_examples(backend), deadline=None)
     @given(layers_that_fit())
     def check(layer):
-        kernel, input_shape = layer
-        dtype = backend.default_float
-        layout = LAYOUTS[len(input_shape)]
-        norm = float(
-            backend.to_numpy(convsv.operator_norm(backend.asarray(kernel, dtype), input_shape, layout=layout))
-        )
+        kernel, _ = layer
+        norm = float(apply(convsv.operator_norm, backend, layer))
         reshaped = np.linalg.norm(kernel.reshape(-1, kernel.shape[-1]), 2)
         taps = math.prod(kernel.shape[:-2])
-        tol = 1e-10 if dtype == "float64" else 3e-5
+        tol = tolerance(backend)
         assert reshaped * (1 - tol) <= norm <= math.sqrt(taps) * reshaped * (1 + tol)
 
     check()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -153,12 +154,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "dtype": str(values.dtype),
         **summarize(values, kernel, args.layout),
     }
-    if args.format == "json":
-        json.dump(info, sys.stdout, indent=2)
-        print()
-    else:
-        print(f"convsv {__version__}: {source}")
-        _print_table(info, sys.stdout)
+    try:
+        if args.format == "json":
+            json.dump(info, sys.stdout, indent=2)
+            print()
+        else:
+            print(f"convsv {__version__}: {source}")
+            _print_table(info, sys.stdout)
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `convsv spectrum | head`: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 
