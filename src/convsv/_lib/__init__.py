@@ -19,7 +19,6 @@ __all__ = [
     "complex_dtype",
     "device_of",
     "namespace_of",
-    "real_dtype",
     "working_dtype",
     "zero_d",
 ]
@@ -79,10 +78,3 @@ def complex_dtype(xp: Namespace, dtype: Any) -> Any:
     if xp.isdtype(dtype, "complex floating"):
         return dtype
     return xp.complex64 if dtype == xp.float32 else xp.complex128
-
-
-def real_dtype(xp: Namespace, dtype: Any) -> Any:
-    """The real dtype with the precision of the floating ``dtype``."""
-    if xp.isdtype(dtype, "real floating"):
-        return dtype
-    return xp.float32 if dtype == xp.complex64 else xp.float64
