@@ -13,6 +13,7 @@ extensions = [
     "numpydoc",
     "sphinx.ext.autodoc",
     "sphinx.ext.mathjax",
+    "matplotlib.sphinxext.plot_directive",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 exclude_patterns = ["_build"]
@@ -32,3 +33,9 @@ html_theme_options = {
     "show_toc_level": 2,
 }
 # MathJax is loaded from its CDN by the browser; the build itself needs no network.
+
+# Plots are drawn by running their scripts during the build.
+plot_include_source = False
+plot_html_show_source_link = True
+plot_html_show_formats = False
+plot_formats = [("png", 100)]

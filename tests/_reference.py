@@ -64,3 +64,35 @@ def to_hwio(kernel: np.ndarray, layout: str) -> np.ndarray:
         d = kernel.ndim - 2
         return np.transpose(kernel, (*range(2, d + 2), 1, 0))
     return kernel
+
+
+def paper_clip(kernel: np.ndarray, input_shape: tuple[int, ...], clip_to: float) -> np.ndarray:
+    """One step of the paper's projection (Appendix A), for spatial-first kernels of any rank.
+
+    FFT over the spatial axes onto the map, SVD per frequency, clip the
+    singular values, transform back, keep the real part, crop to the kernel.
+    """
+    d = len(input_shape)
+    transforms = np.fft.fftn(kernel, input_shape, axes=list(range(d)))
+    u, s, vh = np.linalg.svd(transforms, compute_uv=True, full_matrices=False)
+    clipped = np.matmul(u * np.minimum(s, clip_to)[..., None, :], vh)
+    full = np.fft.ifftn(clipped, axes=list(range(d)))
+    if not np.iscomplexobj(kernel):
+        full = full.real
+    return full[tuple(slice(k) for k in kernel.shape[:d])]
+
+
+def dense_clip(matrix: np.ndarray, max_norm: float, min_norm: float | None = None) -> np.ndarray:
+    """Proposition 9: the Frobenius-nearest matrix with singular values in [min_norm, max_norm]."""
+    u, s, vh = np.linalg.svd(matrix, full_matrices=False)
+    return (u * np.clip(s, min_norm, max_norm)) @ vh
+
+
+def kernel_of_dense(matrix: np.ndarray, input_shape: tuple[int, ...], c_in: int, c_out: int) -> np.ndarray:
+    """Read the full-grid spatial-first kernel off a circular layer's dense matrix.
+
+    Row ``o * N`` (output position 0) holds ``F[p, i, o]`` at column ``i * N + p``.
+    """
+    n = math.prod(input_shape)
+    rows = matrix.reshape(c_out, n, c_in, n)[:, 0]  # (o, i, p)
+    return np.transpose(rows, (2, 1, 0)).reshape(*input_shape, c_in, c_out)

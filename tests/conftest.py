@@ -91,6 +91,13 @@ def _import_or_skip(module: str, backend: str) -> Any:
         _unavailable(backend, f"{module} is not installed")
 
 
+def _torch_to_numpy(t: Any) -> np.ndarray:
+    import torch
+
+    t = t.detach().cpu().resolve_conj()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()  # NumPy has no bfloat16
+
+
 @contextlib.contextmanager
 def _make_backend(name: str) -> Iterator[Backend]:
     import array_api_compat
@@ -110,7 +117,7 @@ def _make_backend(name: str) -> Iterator[Backend]:
             name,
             array_api_compat.array_namespace(torch.empty(0)),
             device,
-            to_numpy=lambda t: t.detach().cpu().resolve_conj().numpy(),
+            to_numpy=_torch_to_numpy,
         )
     elif name.startswith("jax"):
         jax = _import_or_skip("jax", name)
@@ -143,11 +150,19 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the backends that ``CONVSV_BACKENDS`` leaves out."""
+    """Deselect the backends that ``CONVSV_BACKENDS`` leaves out.
+
+    A test runs on a backend through the ``backend`` fixture, or through a
+    ``@pytest.mark.backend("torch")`` marker when it uses one library
+    directly; unmarked tests without the fixture run in every selection.
+    """
     keep, drop = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
         name = callspec.params.get("backend") if callspec is not None else None
+        marker = item.get_closest_marker("backend")
+        if name is None and marker is not None:
+            name = marker.args[0]
         (keep if name is None or _selected(name) else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
@@ -177,3 +192,20 @@ def require(module: str) -> Any:
 # CI runs with HYPOTHESIS_PROFILE=ci: the same examples every run, no example database.
 hypothesis.settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+_CONVERGENCE_LOG: list[str] = []
+
+
+@pytest.fixture
+def convergence_log() -> list[str]:
+    """Lines for the terminal summary: how many steps each projection took."""
+    return _CONVERGENCE_LOG
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Print the recorded projection step counts at the end of the run."""
+    if _CONVERGENCE_LOG:
+        terminalreporter.section("projection steps to reach the bound")
+        for line in _CONVERGENCE_LOG:
+            terminalreporter.write_line(line)

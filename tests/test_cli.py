@@ -14,6 +14,9 @@ from convsv.cli import example_kernel, main
 from _reference import dense_singular_values
 from conftest import require
 
+# The command line computes with NumPy unless told otherwise.
+pytestmark = pytest.mark.backend("numpy")
+
 
 def run_json(capsys, *argv):
     assert main([*argv, "--format", "json"]) == 0
@@ -68,13 +71,15 @@ def test_table_output(capsys):
     assert "32 x 32" in out
 
 
-@pytest.mark.parametrize("backend", ["torch", "jax"])
-def test_other_backends_give_the_same_norm(capsys, kernel_file, backend):
-    require(backend)
+@pytest.mark.parametrize(
+    "library", [pytest.param(name, marks=pytest.mark.backend(name)) for name in ("torch", "jax")]
+)
+def test_other_backends_give_the_same_norm(capsys, kernel_file, library):
+    require(library)
     _, path = kernel_file
     base = run_json(capsys, "spectrum", str(path), "--input-size", "4", "5")
-    info = run_json(capsys, "spectrum", str(path), "--input-size", "4", "5", "--backend", backend)
-    assert info["backend"] == backend
+    info = run_json(capsys, "spectrum", str(path), "--input-size", "4", "5", "--backend", library)
+    assert info["backend"] == library
     assert info["operator_norm"] == pytest.approx(base["operator_norm"], rel=1e-5)
 
 

@@ -36,6 +36,7 @@ def test_complex_kernel(backend, rng):
     np.testing.assert_allclose(m, dense_matrix(kernel, (3, 4)), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.backend("numpy")
 def test_applies_like_the_formula_to_a_random_input(rng):
     # The same contract, read from the other side: matrix @ flattened input.
     kernel = random_kernel(rng, (3, 3), 2, 4)
@@ -56,6 +57,7 @@ def _wrap_pad(x, ksize, xp_take):
 
 
 @pytest.mark.parametrize(("ksize", "c_in", "c_out", "input_shape"), SHAPES)
+@pytest.mark.backend("torch")
 def test_matches_torch_convolution(rng, ksize, c_in, c_out, input_shape):
     torch = require("torch")
     conv = {1: torch.nn.functional.conv1d, 2: torch.nn.functional.conv2d, 3: torch.nn.functional.conv3d}
@@ -69,6 +71,7 @@ def test_matches_torch_convolution(rng, ksize, c_in, c_out, input_shape):
 
 
 @pytest.mark.parametrize(("ksize", "c_in", "c_out", "input_shape"), SHAPES)
+@pytest.mark.backend("jax")
 def test_matches_jax_convolution(rng, ksize, c_in, c_out, input_shape):
     jax = require("jax")
     d = len(ksize)

@@ -15,6 +15,7 @@ def function(request):
     return request.param
 
 
+@pytest.mark.backend("numpy")
 @pytest.mark.parametrize("kernel", [[[[[1.0]]]], 3.0, None, "kernel", (1, 2)])
 def test_not_an_array_is_a_type_error(function, kernel):
     with pytest.raises(TypeError, match="`kernel` must be an array"):
@@ -68,6 +69,7 @@ def test_input_shape_errors(backend, function, input_shape, error, match):
         function(kernel, input_shape)
 
 
+@pytest.mark.backend("numpy")
 @pytest.mark.parametrize(
     "input_shape",
     [(np.int64(3), np.int32(3)), np.array([3, 3]), np.int64(3), np.array(3), [3, 3]],

@@ -170,12 +170,14 @@ def test_explicit_xp_converts_nested_lists(backend):
     assert float(backend.to_numpy(norm)) == pytest.approx(3.0)
 
 
+@pytest.mark.backend("numpy")
 def test_explicit_plain_numpy_module_is_wrapped():
     result = convsv.operator_norm(np.ones((2, 1, 1)), 3, layout="WIO", xp=np)
     assert isinstance(result, np.ndarray)
     assert result == pytest.approx(2.0)
 
 
+@pytest.mark.backend("jax")
 def test_jax_jit_traces(rng):
     jax = require("jax")
     kernel = random_kernel(rng, (3, 3), 3, 4).astype(np.float32)
@@ -186,6 +188,7 @@ def test_jax_jit_traces(rng):
     assert s.shape == (8, 8, 3)
 
 
+@pytest.mark.backend("jax")
 def test_jax_jit_propagates_nan(rng):
     jax = require("jax")
     kernel = random_kernel(rng, (3, 3), 2, 2).astype(np.float32)
@@ -206,6 +209,7 @@ def finite_difference_gradient(kernel: np.ndarray, input_shape, step: float = 1e
     return grad
 
 
+@pytest.mark.backend("torch")
 def test_torch_gradient_matches_finite_differences(rng):
     torch = require("torch")
     kernel = random_kernel(rng, (3, 2), 2, 3)
@@ -216,6 +220,7 @@ def test_torch_gradient_matches_finite_differences(rng):
     assert torch.autograd.gradcheck(lambda k: convsv.operator_norm(k, (4, 5)), (t,))
 
 
+@pytest.mark.backend("jax")
 def test_jax_gradient_matches_finite_differences(rng):
     jax = require("jax")
     kernel = random_kernel(rng, (3, 2), 2, 3)
@@ -230,6 +235,7 @@ def test_jax_gradient_matches_finite_differences(rng):
     np.testing.assert_allclose(np.asarray(grad32), expected, atol=1e-4)
 
 
+@pytest.mark.backend("torch")
 def test_torch_works_under_no_grad(rng):
     torch = require("torch")
     kernel = torch.tensor(random_kernel(rng, (3, 3), 2, 2), requires_grad=True)

@@ -4,8 +4,17 @@ The public API is re-exported here; every other module is private.
 """
 
 from ._operator import conv_matrix
+from ._projection import ClipInfo, clip_operator_norm, clip_singular_values
 from ._spectrum import operator_norm, singular_values
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__", "conv_matrix", "operator_norm", "singular_values"]
+__all__ = [
+    "ClipInfo",
+    "__version__",
+    "clip_operator_norm",
+    "clip_singular_values",
+    "conv_matrix",
+    "operator_norm",
+    "singular_values",
+]

@@ -12,6 +12,7 @@ import math
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from ._lib import Array, Namespace, device_of, namespace_of, working_dtype
 
@@ -121,13 +122,29 @@ def to_spatial_first(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
     return xp.permute_dims(kernel, (*range(2, d + 2), 1, 0))
 
 
-def parse(
-    kernel: object, input_shape: int | Sequence[int], layout: str, xp: Namespace | None
-) -> tuple[Array, ConvSpec, Namespace]:
-    """The common front door: ``(spatial-first kernel in its working dtype, spec, namespace)``."""
+def from_spatial_first(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
+    """A spatial-first ``(*spatial, in, out)`` kernel back in the user's layout."""
+    if spec.channels_last:
+        return kernel
+    d = spec.ndim
+    return xp.permute_dims(kernel, (d + 1, d, *range(d)))
+
+
+class Parsed(NamedTuple):
+    """A validated kernel: spatial-first, in its working dtype, with what produced it."""
+
+    kernel: Array
+    spec: ConvSpec
+    xp: Namespace
+    dtype: Any  # the dtype the user passed
+
+
+def parse(kernel: object, input_shape: int | Sequence[int], layout: str, xp: Namespace | None) -> Parsed:
+    """The common front door of every public function."""
     array, xp = namespace_of(kernel, xp)
     spec = conv_spec(tuple(array.shape), input_shape, layout)
-    dtype = working_dtype(xp, array.dtype, device_of(array))
-    if dtype != array.dtype:
+    user_dtype = array.dtype
+    dtype = working_dtype(xp, user_dtype, device_of(array))
+    if dtype != user_dtype:
         array = xp.astype(array, dtype)
-    return to_spatial_first(array, spec, xp), spec, xp
+    return Parsed(to_spatial_first(array, spec, xp), spec, xp, user_dtype)

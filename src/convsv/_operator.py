@@ -80,7 +80,7 @@ def conv_matrix(
            [ 0.,  0., -1.,  1.],
            [ 1.,  0.,  0., -1.]], dtype=array_api_strict.float64)
     """
-    k, spec, xp = parse(kernel, input_shape, layout, xp)
+    k, spec, xp, _ = parse(kernel, input_shape, layout, xp)
     n_pos = spec.n_positions
     entries = spec.out_channels * spec.in_channels * n_pos * n_pos
     if max_entries is not None and entries > max_entries:

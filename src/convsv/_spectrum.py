@@ -44,17 +44,27 @@ def transfer_matrices(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
     return xp.fft.ifftn(folded, axes=axes, norm="forward")
 
 
-def matrix_singular_values(matrices: Array, xp: Namespace) -> Array:
-    """Batched singular values (descending), NaN for any matrix with a non-finite entry.
+def finite_or_zero(matrices: Array, xp: Namespace) -> tuple[Array, Array]:
+    """``(finite, safe)``: which matrices are all-finite, and the batch with the others zeroed.
 
-    Non-finite matrices are replaced by zeros before the SVD, since LAPACK and
-    cuSOLVER may raise or hang on them, then marked NaN: the result is
-    propagated rather than raised, which also works under ``jax.jit``.
+    LAPACK and cuSOLVER may raise or hang on non-finite input, so those
+    matrices are zeroed before a decomposition and their results marked NaN
+    afterwards: propagated rather than raised, which also works under ``jax.jit``.
     """
     finite = xp.all(xp.isfinite(matrices), axis=(-2, -1))
-    safe = xp.where(finite[..., None, None], matrices, xp.zeros_like(matrices))
-    values = xp.linalg.svdvals(safe)
-    return xp.where(finite[..., None], values, xp.full_like(values, float("nan")))
+    return finite, xp.where(finite[..., None, None], matrices, xp.zeros_like(matrices))
+
+
+def nan_where_not(finite: Array, values: Array, xp: Namespace) -> Array:
+    """``values`` with NaN wherever ``finite`` (broadcast from the left) is false."""
+    mask = xp.reshape(finite, (*finite.shape, *(1,) * (values.ndim - finite.ndim)))
+    return xp.where(mask, values, xp.full_like(values, float("nan")))
+
+
+def matrix_singular_values(matrices: Array, xp: Namespace) -> Array:
+    """Batched singular values (descending), NaN for any matrix with a non-finite entry."""
+    finite, safe = finite_or_zero(matrices, xp)
+    return nan_where_not(finite, xp.linalg.svdvals(safe), xp)
 
 
 def singular_values(
@@ -157,7 +167,7 @@ def singular_values(
     >>> convsv.singular_values(kernel, (6, 10), layout="OIHW").shape
     (6, 10, 3)
     """
-    k, spec, xp = parse(kernel, input_shape, layout, xp)
+    k, spec, xp, _ = parse(kernel, input_shape, layout, xp)
     return matrix_singular_values(transfer_matrices(k, spec, xp), xp)
 
 
@@ -217,5 +227,5 @@ def operator_norm(
     >>> convsv.operator_norm(xp.ones((3, 3, 1, 1)), 8)
     Array(9., dtype=array_api_strict.float64)
     """
-    k, spec, xp = parse(kernel, input_shape, layout, xp)
+    k, spec, xp, _ = parse(kernel, input_shape, layout, xp)
     return zero_d(xp.max(matrix_singular_values(transfer_matrices(k, spec, xp), xp)), xp)

@@ -6,12 +6,14 @@ The rest of the core is written once against the namespace returned by
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import array_api_compat
 
 Array = Any
 Namespace = Any
+State = TypeVar("State", bound=tuple[Any, ...])
 
 __all__ = [
     "Array",
@@ -19,6 +21,7 @@ __all__ = [
     "complex_dtype",
     "device_of",
     "namespace_of",
+    "while_loop",
     "working_dtype",
     "zero_d",
 ]
@@ -45,6 +48,23 @@ def namespace_of(kernel: object, xp: Namespace | None, *, name: str = "kernel") 
 def zero_d(x: Array, xp: Namespace) -> Array:
     """A full reduction as a 0-d array: NumPy's reductions return scalars instead."""
     return xp.asarray(x) if array_api_compat.is_numpy_namespace(xp) else x
+
+
+def while_loop(more: Callable[[State], Array], step: Callable[[State], State], state: State) -> State:
+    """``while more(state): state = step(state)``, also under ``jax.jit``.
+
+    Traced JAX arrays cannot be tested with ``bool``; for them the loop is a
+    ``jax.lax.while_loop`` (a compact graph that still stops early). Every
+    other backend runs the Python loop, one host synchronisation per test.
+    """
+    if array_api_compat.is_jax_array(state[0]):
+        import jax
+
+        if isinstance(state[0], jax.core.Tracer):
+            return jax.lax.while_loop(more, step, state)
+    while bool(more(state)):
+        state = step(state)
+    return state
 
 
 def device_of(x: Array) -> Any:

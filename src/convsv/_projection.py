@@ -1,0 +1,447 @@
+"""Projection of a layer onto an operator-norm ball (Sedghi, Gupta & Long, Section 3).
+
+Two sets live in the space of kernels on the feature-map grid:
+
+- ``B``: kernels whose layer has every singular value in ``[min_norm, max_norm]``.
+  Projecting onto it (in the Frobenius norm, which is the norm of the layer's
+  matrix up to the constant ``sqrt(N)``) clips the singular values of every
+  per-frequency matrix ``T[f]`` (Lefkimmiatis et al. 2013, Proposition 1).
+- ``S``: kernels supported on the original ``k_1 x ... x k_d`` taps. Projecting
+  onto it zeroes the other taps (a crop).
+
+The paper applies the pair once. Repeating it (alternating projections) reaches
+``B ∩ S`` slowly; stretching each step to the hyperplane that separates the
+iterate from ``B`` (Bauschke, Combettes & Kruk 2006) reaches it in a handful of
+steps; Dykstra's algorithm converges to the nearest point of ``B ∩ S``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from ._layout import ConvSpec, from_spatial_first, parse
+from ._lib import Array, Namespace, complex_dtype, device_of, while_loop, zero_d
+from ._spectrum import finite_or_zero, matrix_singular_values, nan_where_not, transfer_matrices
+
+METHODS = ("alternating", "extrapolated", "dykstra")
+
+
+class ClipInfo(NamedTuple):
+    """What :func:`clip_operator_norm` did, as 0-d arrays of the kernel's namespace.
+
+    Parameters
+    ----------
+    norm : array
+        Exact operator norm of the returned kernel's layer.
+    iterations : array
+        Number of projection steps applied (at most ``iterations``).
+    converged : array
+        Whether the stopping rule was met (always false when ``tol`` is None).
+    """
+
+    norm: Array
+    iterations: Array
+    converged: Array
+
+
+def _bound(value: object, name: str) -> float:
+    if isinstance(value, (bool, str, bytes)) or value is None:
+        msg = f"`{name}` must be a real number, got {value!r}"
+        raise TypeError(msg)
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        msg = f"`{name}` must be a real number (a Python float, not a traced value), got {value!r}"
+        raise TypeError(msg) from None
+    if not math.isfinite(number) or number < 0:
+        msg = f"`{name}` must be finite and non-negative, got {number}"
+        raise ValueError(msg)
+    return number
+
+
+def _check_bounds(max_norm: object, min_norm: object) -> tuple[float, float | None]:
+    upper = _bound(max_norm, "max_norm")
+    lower = None if min_norm is None else _bound(min_norm, "min_norm")
+    if lower is not None and lower > upper:
+        msg = f"`min_norm` ({lower}) must not exceed `max_norm` ({upper})"
+        raise ValueError(msg)
+    return upper, lower
+
+
+def _check_schedule(method: object, iterations: object, tol: object) -> None:
+    if method not in METHODS:
+        msg = f"`method` must be one of {METHODS}, got {method!r}"
+        raise ValueError(msg)
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        msg = f"`iterations` must be a positive int, got {iterations!r}"
+        raise ValueError(msg)
+    if tol is not None and (
+        isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0
+    ):
+        msg = f"`tol` must be None or a finite non-negative number, got {tol!r}"
+        raise ValueError(msg)
+
+
+def clip_matrices(
+    matrices: Array, max_norm: float, min_norm: float | None, xp: Namespace
+) -> tuple[Array, Array]:
+    """Clip every matrix's singular values into ``[min_norm, max_norm]``.
+
+    Returns ``(clipped matrices, their original singular values)``; NaN for a
+    matrix with a non-finite entry.
+    """
+    finite, safe = finite_or_zero(matrices, xp)
+    u, s, vh = xp.linalg.svd(safe, full_matrices=False)
+    clipped = xp.astype(xp.clip(s, min=min_norm, max=max_norm), u.dtype)
+    return nan_where_not(finite, (u * clipped[..., None, :]) @ vh, xp), nan_where_not(finite, s, xp)
+
+
+def kernel_from_transfer(matrices: Array, spec: ConvSpec, real: bool, xp: Namespace) -> Array:
+    """The full-grid spatial-first kernel whose per-frequency matrices are ``matrices``.
+
+    Inverts :func:`convsv._spectrum.transfer_matrices`: ``K[p] = (1/N) sum_f T[f] e^{-2 pi i <f, p / n>}``.
+    """
+    full = xp.fft.fftn(matrices, axes=tuple(range(spec.ndim)), norm="forward")
+    return xp.real(full) if real else full
+
+
+def _crop(full: Array, spec: ConvSpec) -> Array:
+    taps = (*(slice(0, k) for k in spec.kernel_size), ...)
+    return full[taps]
+
+
+def _meets_bounds(s: Array, max_norm: float, min_norm: float | None, tol: float, xp: Namespace) -> Array:
+    """0-d bool: every singular value within the bounds, up to the relative ``tol``."""
+    ok = xp.max(s) <= max_norm * (1 + tol)
+    if min_norm is not None:
+        ok = ok & (xp.min(s) >= min_norm * (1 - tol))
+    return ok
+
+
+def _sum_squares(x: Array, xp: Namespace) -> Array:
+    return xp.sum(xp.abs(x) ** 2)
+
+
+def _project(
+    kernel: Array,
+    spec: ConvSpec,
+    xp: Namespace,
+    max_norm: float,
+    min_norm: float | None,
+    method: str,
+    iterations: int,
+    tol: float | None,
+) -> tuple[Array, Array, Array]:
+    """Run ``method`` on a spatial-first kernel; returns ``(kernel, steps, converged)``.
+
+    One step is one pair of projections. The loop stops after ``iterations``
+    steps or once the stopping rule holds (under ``jax.jit`` too, as a
+    ``while_loop``).
+    """
+    real = not xp.isdtype(kernel.dtype, "complex floating")
+    device = device_of(kernel)
+    n_positions = spec.n_positions
+
+    def step(state: tuple[Array, Array, Array, Array]) -> tuple[Array, Array, Array, Array]:
+        x, dual, steps, done = state
+        matrices = transfer_matrices(x, spec, xp)
+        if method == "dykstra":
+            matrices = matrices + dual
+        clipped, s = clip_matrices(matrices, max_norm, min_norm, xp)
+        if method != "dykstra" and tol is not None:
+            # s is the spectrum of x's own layer: the stopping test costs nothing,
+            # and an x that passes it is kept as it is.
+            done = _meets_bounds(s, max_norm, min_norm, tol, xp)
+        new = _crop(kernel_from_transfer(clipped, spec, real, xp), spec)
+        if method == "extrapolated":
+            # Step to the hyperplane through P_B(x) normal to x - P_B(x), which
+            # contains B; within S that is x + lam (P_S P_B x - x), lam >= 1.
+            residual = _sum_squares(s - xp.clip(s, min=min_norm, max=max_norm), xp) / n_positions
+            length = _sum_squares(new - x, xp)
+            one = xp.ones_like(length)
+            lam = xp.where(length > 0, residual / xp.where(length > 0, length, one), one)
+            new = x + xp.astype(lam, x.dtype) * (new - x)
+        elif method == "dykstra":
+            dual = matrices - clipped  # Dykstra's correction for B; S is a subspace and needs none
+            if tol is not None:
+                spectrum = matrix_singular_values(transfer_matrices(new, spec, xp), xp)
+                settled = _sum_squares(new - x, xp) <= tol**2 * _sum_squares(new, xp)
+                done = _meets_bounds(spectrum, max_norm, min_norm, tol, xp) & settled
+                return new, dual, steps + 1, done
+        x = xp.where(done, x, new)
+        return x, dual, steps + xp.astype(~done, steps.dtype), done
+
+    def more(state: tuple[Array, Array, Array, Array]) -> Array:
+        _, _, steps, done = state
+        return (steps < iterations) & ~done
+
+    if method == "dykstra":
+        shape = (*spec.input_shape, spec.in_channels, spec.out_channels)
+        dual = xp.zeros(shape, dtype=complex_dtype(xp, kernel.dtype), device=device)
+    else:
+        dual = xp.zeros((), device=device)  # unused
+    start = (kernel, dual, xp.asarray(0, device=device), xp.asarray(False, device=device))
+    x, _, steps, done = while_loop(more, step, start)
+    return x, steps, done
+
+
+def _output(kernel: Array, spec: ConvSpec, xp: Namespace, user_dtype: object) -> Array:
+    """A spatial-first working-dtype kernel back in the user's layout and dtype.
+
+    Floating and complex kernels keep their dtype (float16 stays float16);
+    integer kernels cannot hold the result and come back in the working float.
+    """
+    out = from_spatial_first(kernel, spec, xp)
+    if xp.isdtype(user_dtype, ("real floating", "complex floating")) and out.dtype != user_dtype:
+        out = xp.astype(out, user_dtype)
+    return out
+
+
+def clip_operator_norm(
+    kernel: Array,
+    input_shape: int | Sequence[int],
+    max_norm: float,
+    *,
+    layout: str = "HWIO",
+    min_norm: float | None = None,
+    method: str = "alternating",
+    iterations: int = 1,
+    tol: float | None = None,
+    return_info: bool = False,
+    xp: Namespace | None = None,
+) -> Array | tuple[Array, ClipInfo]:
+    r"""Project a convolution kernel towards the layer-norm ball, keeping its size.
+
+    Clips the singular values of the layer (circular padding, see
+    :func:`singular_values`) to ``max_norm`` in the frequency domain, returns
+    to the kernel's own ``k_1 x ... x k_d`` taps by zeroing the others, and
+    optionally repeats. One step is the algorithm of Sedghi, Gupta & Long
+    (ICLR 2019, Section 3). The crop can push the norm above ``max_norm``
+    again; repeating the pair with ``tol`` drives it down to the bound.
+
+    Parameters
+    ----------
+    kernel : array
+        The convolution kernel; see :func:`singular_values`. Every spatial
+        size must be at most the feature map's.
+    input_shape : int or sequence of int
+        Spatial shape of the input feature map.
+    max_norm : float
+        The bound on the operator norm (non-negative).
+    layout : {"HWIO", "OIHW", "WIO", "OIW", "DHWIO", "OIDHW"}, optional
+        Order of the kernel's axes. Default ``"HWIO"``.
+    min_norm : float, optional
+        Also raise singular values below ``min_norm`` up to it, aiming at
+        singular values in ``[min_norm, max_norm]``; ``min_norm = max_norm = 1``
+        asks for a layer as close to orthogonal as the kernel's size allows.
+        This set is not convex: no method is guaranteed to reach it or to
+        return the nearest point of it (see Notes).
+    method : {"alternating", "extrapolated", "dykstra"}, optional
+        ``"alternating"`` (default) repeats the paper's pair of projections;
+        ``"extrapolated"`` lengthens each step of that pair to the hyperplane
+        separating the iterate from the ball, which reaches the bound in far
+        fewer iterations (not with ``min_norm``); ``"dykstra"`` converges to
+        the nearest kernel (in the Frobenius norm) whose layer meets the bound.
+    iterations : int, optional
+        The most steps to take (default 1). Static under ``jax.jit``.
+    tol : float, optional
+        Stop as soon as every singular value lies within
+        ``[min_norm * (1 - tol), max_norm * (1 + tol)]``; for ``"dykstra"``,
+        also when the kernel moved by at most ``tol`` relative to its norm in
+        the last step. ``None`` (default) runs exactly ``iterations`` steps.
+        Use at least ``1e-5`` in float32.
+    return_info : bool, optional
+        Also return a :class:`ClipInfo` with the exact norm reached, the steps
+        taken and whether ``tol`` was met.
+    xp : array namespace, optional
+        Namespace to use; inferred from ``kernel`` when omitted.
+
+    Returns
+    -------
+    kernel : array
+        Same shape, layout, namespace and device as the input; same dtype for
+        floating and complex kernels (integer kernels come back in the
+        namespace's default float).
+    info : ClipInfo
+        Only with ``return_info=True``.
+
+    Raises
+    ------
+    TypeError
+        As :func:`singular_values`, or if ``max_norm``/``min_norm`` is not a
+        real number.
+    ValueError
+        As :func:`singular_values`; also for a negative or non-finite bound,
+        ``min_norm > max_norm``, an unknown ``method``, ``iterations < 1``, a
+        negative ``tol``, ``min_norm`` with ``"extrapolated"``, or a kernel
+        larger than the feature map.
+
+    See Also
+    --------
+    clip_singular_values : The exact projection, as a full-size kernel.
+    operator_norm : The norm of the result.
+
+    Notes
+    -----
+    Let ``B`` be the kernels on the feature-map grid whose layer has operator
+    norm at most ``max_norm`` and ``S`` those supported on the original taps.
+    Both are convex and contain 0, and the Frobenius norm of a kernel is that
+    of its layer's matrix divided by ``sqrt(prod(input_shape))``, so:
+
+    - ``"alternating"`` converges to a point of ``B ∩ S`` (Cheney & Goldstein
+      1959), often slowly: hundreds of steps for a relative ``tol`` of
+      ``1e-4`` on a 16-channel 3x3 layer at 32x32;
+    - ``"extrapolated"`` also converges to a point of ``B ∩ S`` (Bauschke,
+      Combettes & Kruk 2006), typically within 10 steps to ``tol = 1e-6``;
+      one step is longer than the paper's, never shorter;
+    - ``"dykstra"`` converges to the projection of ``kernel`` onto
+      ``B ∩ S``, the nearest kernel of that size whose layer meets the bound
+      (Boyle & Dykstra 1986); it needs the most steps.
+
+    With ``min_norm`` the lower clip is still the nearest point in the
+    frequency domain, but the set is not convex, so these guarantees lapse;
+    check ``info`` for what was reached. After a finite number of steps the
+    bound holds only to ``tol``; :func:`clip_singular_values` gives a layer
+    meeting it exactly, with a full-size kernel.
+
+    Under ``jax.jit`` (with ``max_norm``, ``min_norm``, ``method``,
+    ``iterations`` and ``tol`` static) every step is traced and the iterate is
+    frozen once ``tol`` is met; elsewhere the loop stops there. On PyTorch it
+    works under ``torch.no_grad()`` and on CUDA tensors, one host
+    synchronisation per step when ``tol`` is given.
+
+    References
+    ----------
+    H. Sedghi, V. Gupta and P. M. Long, "The Singular Values of Convolutional
+    Layers", ICLR 2019.
+    H. H. Bauschke, P. L. Combettes and S. G. Kruk, "Extrapolation algorithm
+    for affine-convex feasibility problems", Numer. Algorithms 41, 2006.
+    J. P. Boyle and R. L. Dykstra, "A method for finding projections onto the
+    intersection of convex sets in Hilbert spaces", 1986.
+
+    Examples
+    --------
+    The 3x3 box filter has norm 9; one step of the paper's clipping:
+
+    >>> import array_api_strict as xp
+    >>> import convsv
+    >>> box = xp.ones((3, 3, 1, 1))
+    >>> clipped = convsv.clip_operator_norm(box, (8, 8), 1.0)
+    >>> clipped.shape
+    (3, 3, 1, 1)
+    >>> convsv.operator_norm(clipped, (8, 8))
+    Array(2.06878157, dtype=array_api_strict.float64)
+
+    The crop pushed the norm back above 1. Iterate until it is within 1e-6:
+
+    >>> clipped, info = convsv.clip_operator_norm(
+    ...     box, (8, 8), 1.0, method="extrapolated", iterations=50, tol=1e-6, return_info=True
+    ... )
+    >>> int(info.iterations), bool(info.converged), bool(info.norm <= 1.0 + 1e-6)
+    (3, True, True)
+
+    Dykstra's method finds the nearest such kernel, here the box scaled by 1/9:
+
+    >>> nearest = convsv.clip_operator_norm(box, (8, 8), 1.0, method="dykstra", iterations=2000, tol=1e-9)
+    >>> bool(xp.max(xp.abs(nearest - box / 9)) < 1e-6)
+    True
+    """
+    k, spec, xp, user_dtype = parse(kernel, input_shape, layout, xp)
+    max_norm, min_norm = _check_bounds(max_norm, min_norm)
+    _check_schedule(method, iterations, tol)
+    if method == "extrapolated" and min_norm is not None:
+        msg = (
+            "method='extrapolated' relies on the convexity of the operator-norm ball, "
+            "which `min_norm` breaks; use method='alternating' with `min_norm`"
+        )
+        raise ValueError(msg)
+    if any(size > n for size, n in zip(spec.kernel_size, spec.input_shape, strict=True)):
+        msg = (
+            f"the kernel's spatial size {spec.kernel_size} exceeds `input_shape` {spec.input_shape}: "
+            "it has no taps of its own to crop back to; use clip_singular_values for the full-size kernel"
+        )
+        raise ValueError(msg)
+    x, steps, done = _project(k, spec, xp, max_norm, min_norm, method, iterations, tol)
+    out = _output(x, spec, xp, user_dtype)
+    if not return_info:
+        return out
+    spectrum = matrix_singular_values(transfer_matrices(x, spec, xp), xp)
+    norm = zero_d(xp.max(spectrum), xp)
+    if tol is not None and method != "dykstra":
+        # The loop tests each iterate before stepping from it: not the last one.
+        done = done | _meets_bounds(spectrum, max_norm, min_norm, tol, xp)
+    return out, ClipInfo(norm=norm, iterations=zero_d(steps, xp), converged=zero_d(done, xp))
+
+
+def clip_singular_values(
+    kernel: Array,
+    input_shape: int | Sequence[int],
+    max_norm: float,
+    *,
+    layout: str = "HWIO",
+    min_norm: float | None = None,
+    xp: Namespace | None = None,
+) -> Array:
+    """The exact projection of a layer onto the operator-norm ball, as a full-size kernel.
+
+    Clips every singular value of the layer (circular padding) to at most
+    ``max_norm`` (and at least ``min_norm``) and returns the kernel of the
+    resulting layer. That layer is still a circular convolution, but its
+    kernel has a tap at every position of the feature map: spatial shape
+    ``input_shape``. Of all layers whose norm is at most ``max_norm`` it is the
+    nearest to the original in the Frobenius norm (Lefkimmiatis et al. 2013,
+    Proposition 1), and its norm bound holds exactly, up to round-off.
+
+    Parameters
+    ----------
+    kernel : array
+        The convolution kernel; see :func:`singular_values`. Any spatial size
+        (a kernel larger than the map wraps around first).
+    input_shape : int or sequence of int
+        Spatial shape of the input feature map.
+    max_norm : float
+        The bound on the operator norm (non-negative).
+    layout : {"HWIO", "OIHW", "WIO", "OIW", "DHWIO", "OIDHW"}, optional
+        Order of the kernel's axes (of the input and of the result).
+    min_norm : float, optional
+        Also raise singular values below ``min_norm`` up to it.
+    xp : array namespace, optional
+        Namespace to use; inferred from ``kernel`` when omitted.
+
+    Returns
+    -------
+    array
+        The full-size kernel: the input's layout with spatial sizes
+        ``input_shape``; same namespace, device and dtype (integer kernels
+        come back in the default float). Real for real kernels.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`clip_operator_norm`.
+
+    See Also
+    --------
+    clip_operator_norm : The same, cropped back to the kernel's own size.
+
+    Examples
+    --------
+    >>> import array_api_strict as xp
+    >>> import convsv
+    >>> box = xp.ones((3, 3, 1, 1))
+    >>> full = convsv.clip_singular_values(box, (8, 8), 1.0)
+    >>> full.shape
+    (8, 8, 1, 1)
+    >>> convsv.operator_norm(full, (8, 8))
+    Array(1., dtype=array_api_strict.float64)
+    """
+    k, spec, xp, user_dtype = parse(kernel, input_shape, layout, xp)
+    max_norm, min_norm = _check_bounds(max_norm, min_norm)
+    clipped, _ = clip_matrices(transfer_matrices(k, spec, xp), max_norm, min_norm, xp)
+    full = kernel_from_transfer(clipped, spec, not xp.isdtype(k.dtype, "complex floating"), xp)
+    full_spec = ConvSpec(
+        spec.input_shape, spec.input_shape, spec.in_channels, spec.out_channels, spec.channels_last
+    )
+    return _output(full, full_spec, xp, user_dtype)
