@@ -297,3 +297,23 @@ def test_kernel_larger_than_the_map_is_refused_for_cropping(backend):
         convsv.clip_operator_norm(kernel, (4, 4), 1.0)
     full = convsv.clip_singular_values(kernel, (4, 4), 1.0)  # the full-size projection is fine
     assert full.shape == (4, 4, 1, 1)
+
+
+@pytest.mark.backend("jax")
+def test_jax_gradient_through_a_fixed_number_of_steps(rng):
+    # tol=None is a fixed-count loop: reverse-differentiable under jit, and equal
+    # to central differences of the same function evaluated eagerly.
+    jax = require("jax")
+    kernel = rng.standard_normal((2, 2, 2, 2))
+    direction = rng.standard_normal(kernel.shape)
+    with jax.enable_x64(True):
+
+        def loss(k):
+            return jax.numpy.sum(
+                convsv.clip_operator_norm(k, (4, 4), 1.0, method="alternating", iterations=3) ** 2
+            )
+
+        grad = jax.jit(jax.grad(loss))(jax.numpy.asarray(kernel))
+        eps = 1e-6
+        numeric = (loss(kernel + eps * direction) - loss(kernel - eps * direction)) / (2 * eps)
+        np.testing.assert_allclose(float(np.sum(np.asarray(grad) * direction)), float(numeric), rtol=1e-5)

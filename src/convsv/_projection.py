@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import NamedTuple
 
 from ._layout import ConvSpec, from_spatial_first, parse
-from ._lib import Array, Namespace, complex_dtype, device_of, while_loop, zero_d
+from ._lib import Array, Namespace, complex_dtype, device_of, repeat, while_loop, zero_d
 from ._spectrum import finite_or_zero, matrix_singular_values, nan_where_not, transfer_matrices
 
 METHODS = ("alternating", "extrapolated", "dykstra")
@@ -183,7 +183,10 @@ def _project(
     else:
         dual = xp.zeros((), device=device)  # unused
     start = (kernel, dual, xp.asarray(0, device=device), xp.asarray(False, device=device))
-    x, _, steps, done = while_loop(more, step, start)
+    if tol is None:  # a fixed count: differentiable under JAX too
+        x, _, steps, done = repeat(step, start, iterations)
+    else:
+        x, _, steps, done = while_loop(more, step, start)
     return x, steps, done
 
 
@@ -307,10 +310,12 @@ def clip_operator_norm(
     meeting it exactly, with a full-size kernel.
 
     Under ``jax.jit`` (with ``max_norm``, ``min_norm``, ``method``,
-    ``iterations`` and ``tol`` static) every step is traced and the iterate is
-    frozen once ``tol`` is met; elsewhere the loop stops there. On PyTorch it
-    works under ``torch.no_grad()`` and on CUDA tensors, one host
-    synchronisation per step when ``tol`` is given.
+    ``iterations`` and ``tol`` static) the loop is a ``jax.lax.while_loop``
+    that stops where the eager loop would; JAX cannot differentiate through
+    it, so differentiate with ``tol=None`` (a fixed-count loop) or through
+    :func:`clip_singular_values`. On PyTorch it works under
+    ``torch.no_grad()`` and on CUDA tensors, with one host synchronisation per
+    step when ``tol`` is given, and is differentiable.
 
     References
     ----------

@@ -21,6 +21,7 @@ __all__ = [
     "complex_dtype",
     "device_of",
     "namespace_of",
+    "repeat",
     "while_loop",
     "working_dtype",
     "zero_d",
@@ -57,14 +58,38 @@ def while_loop(more: Callable[[State], Array], step: Callable[[State], State], s
     ``jax.lax.while_loop`` (a compact graph that still stops early). Every
     other backend runs the Python loop, one host synchronisation per test.
     """
-    if array_api_compat.is_jax_array(state[0]):
+    if _is_traced(state[0]):
         import jax
 
-        if isinstance(state[0], jax.core.Tracer):
-            return jax.lax.while_loop(more, step, state)
+        result: State = jax.lax.while_loop(more, step, state)
+        return result
     while bool(more(state)):
         state = step(state)
     return state
+
+
+def repeat(step: Callable[[State], State], state: State, count: int) -> State:
+    """``count`` times ``state = step(state)``; a ``jax.lax.fori_loop`` for traced JAX arrays.
+
+    With static bounds the JAX loop is a scan, so it stays reverse-differentiable
+    (a ``while_loop`` is not).
+    """
+    if _is_traced(state[0]):
+        import jax
+
+        looped: State = jax.lax.fori_loop(0, count, lambda _, s: step(s), state)
+        return looped
+    for _ in range(count):
+        state = step(state)
+    return state
+
+
+def _is_traced(x: Array) -> bool:
+    if not array_api_compat.is_jax_array(x):
+        return False
+    import jax
+
+    return isinstance(x, jax.core.Tracer)
 
 
 def device_of(x: Array) -> Any:
