@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nox
 
 nox.options.default_venv_backend = "venv"
@@ -65,4 +67,5 @@ def docs(session: nox.Session) -> None:
     """Build the documentation with warnings as errors, and run its examples and the README's."""
     session.install(TORCH, "jax", "-e", ".[docs,test]")
     session.run("sphinx-build", "-W", "--keep-going", "-n", "-b", "html", "docs", "docs/_build/html")
-    session.run("pytest", "README.md", "docs", "-p", "no:cacheprovider", env=TEST_ENV)
+    pages = sorted(str(page) for page in Path("docs").glob("*.md"))
+    session.run("pytest", "README.md", *pages, "-p", "no:cacheprovider", env=TEST_ENV)
