@@ -96,3 +96,53 @@ def kernel_of_dense(matrix: np.ndarray, input_shape: tuple[int, ...], c_in: int,
     n = math.prod(input_shape)
     rows = matrix.reshape(c_out, n, c_in, n)[:, 0]  # (o, i, p)
     return np.transpose(rows, (2, 1, 0)).reshape(*input_shape, c_in, c_out)
+
+
+def layer_output_shape(input_shape, ksize, stride, dilation, pads):
+    """Output map of a convolution: ``n / s`` (circular) or the zero-padded formula."""
+    span = [(k - 1) * d + 1 for k, d in zip(ksize, dilation, strict=True)]
+    if pads is None:
+        return tuple(n // s for n, s in zip(input_shape, stride, strict=True))
+    return tuple(
+        (n + a + b - w) // s + 1 for n, (a, b), w, s in zip(input_shape, pads, span, stride, strict=True)
+    )
+
+
+def general_conv(x, kernel, *, stride, dilation, groups, pads):
+    """Any convolution, written out tap by tap from its definition.
+
+    ``x`` is ``(batch, c_in, *n)``; ``kernel`` is spatial-first
+    ``(*k, c_in / groups, c_out)``; ``pads`` is None for circular padding or
+    ``((before, after), ...)`` zeros. Output channel ``o`` of group
+    ``g = o // (c_out / groups)`` reads input channels of that group only:
+    ``y[o, r] = sum_p sum_i K[p, i, o] x_padded[g * c_in/groups + i, r * s + p * d]``,
+    indices taken modulo ``n`` for circular padding.
+    """
+    d = kernel.ndim - 2
+    ksize = kernel.shape[:d]
+    if pads is not None:
+        x = np.pad(x, [(0, 0), (0, 0), *pads])
+    n = x.shape[2:]
+    out = layer_output_shape(n, ksize, stride, dilation, None if pads is None else [(0, 0)] * d)
+    group_in, c_out = kernel.shape[-2], kernel.shape[-1]
+    group_out = c_out // groups
+    y = np.zeros((x.shape[0], c_out, *out), dtype=np.result_type(x, kernel))
+    for p in np.ndindex(*ksize):
+        index = [np.arange(m) * s + q * dil for m, s, q, dil in zip(out, stride, p, dilation, strict=True)]
+        if pads is None:
+            index = [i % size for i, size in zip(index, n, strict=True)]
+        patch = x[(slice(None), slice(None), *np.ix_(*index))]  # (batch, c_in, *out)
+        for g in range(groups):
+            inputs = patch[:, g * group_in : (g + 1) * group_in]
+            weights = kernel[p][:, g * group_out : (g + 1) * group_out]
+            y[:, g * group_out : (g + 1) * group_out] += np.einsum("io,bi...->bo...", weights, inputs)
+    return y
+
+
+def general_dense(kernel, input_shape, *, stride, dilation, groups, pads):
+    """The dense matrix of :func:`general_conv`, column by column."""
+    c_in = kernel.shape[-2] * groups
+    size = c_in * math.prod(input_shape)
+    basis = np.eye(size).reshape(size, c_in, *input_shape)
+    y = general_conv(basis, kernel, stride=stride, dilation=dilation, groups=groups, pads=pads)
+    return y.reshape(size, -1).T

@@ -106,3 +106,43 @@ def test_module_entry_point():
         [sys.executable, "-m", "convsv", "--version"], capture_output=True, text=True, check=True
     )
     assert result.stdout.startswith("convsv ")
+
+
+def test_layer_options_match_the_written_out_layer(capsys, kernel_file):
+    from _reference import general_dense
+
+    kernel, path = kernel_file
+    info = run_json(
+        capsys, "spectrum", str(path), "--input-size", "6", "8", "--stride", "2", "--dilation", "1", "2",
+        "--padding", "1",
+    )  # fmt: skip
+    s = np.linalg.svd(
+        general_dense(kernel, (6, 8), stride=(2, 2), dilation=(1, 2), groups=1, pads=((1, 1),) * 2),
+        compute_uv=False,
+    )
+    assert info["options"] == {
+        "stride": 2,
+        "dilation": [1, 2],
+        "groups": 1,
+        "padding": 1,
+        "transposed": False,
+    }
+    assert info["count"] == s.size
+    assert info["operator_norm"] == pytest.approx(s[0], rel=1e-12)
+    lower, upper = info["norm_bounds"]
+    assert lower <= s[0] * (1 + 1e-12)
+    assert upper >= s[0] * (1 - 1e-12)
+
+
+def test_large_zero_padded_layer_reports_norms_only(capsys):
+    info = run_json(capsys, "spectrum", "--input-size", "64", "--padding", "same")
+    assert "count" not in info
+    lower, upper = info["norm_bounds"]
+    assert info["operator_norm"] == lower <= upper
+
+
+def test_bad_padding_is_an_argument_error(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["spectrum", "--padding", "full"])
+    assert exit_info.value.code == 2
+    assert "expected circular, same, valid or an int" in capsys.readouterr().err

@@ -293,7 +293,7 @@ def test_bad_arguments(backend, kwargs, error, match):
 
 def test_kernel_larger_than_the_map_is_refused_for_cropping(backend):
     kernel = backend.asarray(np.ones((5, 3, 1, 1)), backend.default_float)
-    with pytest.raises(ValueError, match="exceeds `input_shape`"):
+    with pytest.raises(ValueError, match="exceeds the feature map"):
         convsv.clip_operator_norm(kernel, (4, 4), 1.0)
     full = convsv.clip_singular_values(kernel, (4, 4), 1.0)  # the full-size projection is fine
     assert full.shape == (4, 4, 1, 1)

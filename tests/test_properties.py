@@ -7,15 +7,17 @@ written-out matrix is the ground truth.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import convsv
 
-from _reference import dense_matrix, dense_singular_values
+from _reference import dense_matrix, dense_singular_values, general_dense, layer_output_shape
 
 # Per rank: kernel and map sizes per axis; 3-D is kept smaller so the dense SVD stays cheap.
 SIZES = {1: (7, 12), 2: (7, 6), 3: (4, 3)}
@@ -36,7 +38,7 @@ def layers(draw):
 
 def _examples(backend) -> int:
     # JAX compiles afresh for every new shape (about a second each): fewer examples there.
-    return 10 if backend.name.startswith("jax") else 60
+    return 10 if backend.name.startswith("jax") else int(os.environ.get("CONVSV_EXAMPLES", 60))
 
 
 def apply(function, backend, layer):
@@ -100,5 +102,75 @@ def test_norm_is_sandwiched_by_the_reshaped_norm(backend):
         taps = math.prod(kernel.shape[:-2])
         tol = tolerance(backend)
         assert reshaped * (1 - tol) <= norm <= math.sqrt(taps) * reshaped * (1 + tol)
+
+    check()
+
+
+@st.composite
+def general_layers(draw):
+    """Random strided, dilated, grouped, zero- or circular-padded, possibly transposed layers.
+
+    Returns ``(kernel, input_shape, pads, geometry, padding, transposed)``; ``pads``
+    is None for circular padding.
+    """
+    d = draw(st.integers(1, 3))
+    top = 2 if d == 3 else 3
+    ints = functools.partial(lambda hi: st.lists(st.integers(1, hi), min_size=d, max_size=d))
+    ksize, stride, dilation = tuple(draw(ints(top + 1))), tuple(draw(ints(top))), tuple(draw(ints(top)))
+    groups = draw(st.integers(1, 3))
+    c_in, c_out = groups * draw(st.integers(1, top)), groups * draw(st.integers(1, top))
+    geometry = {"stride": stride, "dilation": dilation, "groups": groups}
+    if draw(st.booleans()):  # circular: the stride must divide the map
+        input_shape = tuple(s * draw(st.integers(1, top + 1)) for s in stride)
+        pads, padding = None, "circular"
+    else:
+        input_shape = tuple(draw(ints(2 * top + 2)))
+        padding = draw(st.integers(0, 2))
+        pads = ((padding, padding),) * d
+        spans = [(k - 1) * dil + 1 for k, dil in zip(ksize, dilation, strict=True)]
+        assume(all(n + 2 * padding >= w for n, w in zip(input_shape, spans, strict=True)))
+    seed = draw(st.integers(0, 2**32 - 1))
+    kernel = np.random.default_rng(seed).standard_normal((*ksize, c_in // groups, c_out))
+    return kernel, input_shape, pads, geometry, padding, draw(st.booleans())
+
+
+def test_general_layers_spectrum_is_the_dense_spectrum(backend):
+    @settings(max_examples=_examples(backend), deadline=None)
+    @given(general_layers())
+    def check(layer):
+        kernel, input_shape, pads, geometry, padding, transposed = layer
+        dense = general_dense(kernel, input_shape, pads=pads, **geometry)
+        out_shape = layer_output_shape(
+            input_shape, kernel.shape[:-2], geometry["stride"], geometry["dilation"], pads
+        )
+        options = {
+            "layout": LAYOUTS[len(input_shape)],
+            "padding": padding,
+            "transposed": transposed,
+            **geometry,
+        }
+        shape = input_shape
+        if transposed:  # the transposed layer maps the output map back to the input map
+            shape, dense = out_shape, dense.T
+            if pads is not None:  # PyTorch's output_padding makes the round trip exact
+                spans = [
+                    (k - 1) * dil + 1 for k, dil in zip(kernel.shape[:-2], geometry["dilation"], strict=True)
+                ]
+                options["output_padding"] = tuple(
+                    n - ((m - 1) * s - 2 * padding + w)
+                    for n, m, s, w in zip(input_shape, out_shape, geometry["stride"], spans, strict=True)
+                )
+        dtype = backend.default_float
+        k = backend.asarray(kernel, dtype)
+        m = backend.check(convsv.conv_matrix(k, shape, **options), dtype)
+        np.testing.assert_allclose(m, dense.astype(dtype), rtol=1e-5, atol=1e-5)
+        s = backend.check(convsv.singular_values(k, shape, **options), dtype)
+        expected = np.linalg.svd(dense, compute_uv=False)
+        np.testing.assert_allclose(np.sort(s.ravel())[::-1], expected, atol=tolerance(backend) * expected[0])
+        tol = 1e-10 if dtype == "float64" else 1e-5
+        norm = backend.check(convsv.operator_norm(k, shape, tol=tol, **options), dtype)
+        scale = np.abs(kernel).sum()  # round-off floor, for layers that read only zeros
+        rtol, atol = (1e-7, 1e-13 * scale) if dtype == "float64" else (1e-4, 1e-6 * scale)
+        np.testing.assert_allclose(norm, expected[0], rtol=rtol, atol=atol)
 
     check()

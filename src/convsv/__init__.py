@@ -3,9 +3,9 @@
 The public API is re-exported here; every other module is private.
 """
 
+from ._norms import operator_norm, operator_norm_bounds, singular_values
 from ._operator import conv_matrix
 from ._projection import ClipInfo, clip_operator_norm, clip_singular_values
-from ._spectrum import operator_norm, singular_values
 
 __version__ = "0.1.0.dev0"
 
@@ -16,5 +16,6 @@ __all__ = [
     "clip_singular_values",
     "conv_matrix",
     "operator_norm",
+    "operator_norm_bounds",
     "singular_values",
 ]

@@ -1,9 +1,12 @@
-"""Kernel layouts and feature-map shapes, validated and normalised once.
+"""Kernel layouts, layer options and feature-map shapes, validated and normalised once.
 
-Every public function turns its ``(kernel, input_shape, layout)`` arguments into
-one frozen :class:`ConvSpec` and a kernel in *spatial-first* order
-``(*spatial, in, out)`` (the paper's HWIO); nothing downstream looks at the
-user's layout again.
+Every public function turns its arguments into one frozen :class:`ConvSpec`
+and a kernel in *spatial-first* order ``(*spatial, in/groups, out)`` (the
+paper's HWIO); nothing downstream looks at the user's layout again.
+
+A spec always describes the *forward* convolution whose kernel the array is.
+A transposed layer is that convolution's adjoint: the same singular values,
+with input and output swapped.
 """
 
 from __future__ import annotations
@@ -26,15 +29,30 @@ LAYOUTS: dict[str, tuple[int, bool]] = {
     "OIDHW": (3, False),
 }
 
+Pads = tuple[tuple[int, int], ...]
+
 
 @dataclass(frozen=True)
 class ConvSpec:
-    """A convolution's static description: sizes only, no arrays."""
+    """The forward convolution's static description: sizes only, no arrays.
+
+    ``pads`` is ``None`` for circular padding, else the zeros added before and
+    after each spatial axis. ``grid`` is the circular grid the FFT runs on:
+    the input map itself for circular padding, the padded map (rounded up to
+    a multiple of the stride) for zero padding.
+    """
 
     kernel_size: tuple[int, ...]
-    input_shape: tuple[int, ...]
+    conv_input: tuple[int, ...]
+    conv_output: tuple[int, ...]
+    grid: tuple[int, ...]
     in_channels: int
     out_channels: int
+    groups: int
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    pads: Pads | None
+    transposed: bool
     channels_last: bool
 
     @property
@@ -43,12 +61,69 @@ class ConvSpec:
         return len(self.kernel_size)
 
     @property
-    def n_positions(self) -> int:
-        """Number of positions (and of frequencies) on the feature map."""
-        return math.prod(self.input_shape)
+    def circular(self) -> bool:
+        """Whether the layer pads circularly (exact spectrum) rather than with zeros."""
+        return self.pads is None
+
+    @property
+    def dilated_size(self) -> tuple[int, ...]:
+        """Spatial extent of the kernel with its dilation: ``(k - 1) * d + 1``."""
+        return tuple((k - 1) * d + 1 for k, d in zip(self.kernel_size, self.dilation, strict=True))
+
+    @property
+    def group_in(self) -> int:
+        """Input channels per group."""
+        return self.in_channels // self.groups
+
+    @property
+    def group_out(self) -> int:
+        """Output channels per group."""
+        return self.out_channels // self.groups
+
+    @property
+    def phases(self) -> int:
+        """``prod(stride)``: input positions per output position."""
+        return math.prod(self.stride)
+
+    @property
+    def freq_grid(self) -> tuple[int, ...]:
+        """The output frequencies of the circular layer on ``grid``: ``grid / stride``."""
+        return tuple(n // s for n, s in zip(self.grid, self.stride, strict=True))
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of per-frequency blocks, ``prod(freq_grid)``."""
+        return math.prod(self.freq_grid)
+
+    @property
+    def layer_input(self) -> tuple[int, ...]:
+        """Spatial shape of what the layer (transposed or not) consumes."""
+        return self.conv_output if self.transposed else self.conv_input
+
+    @property
+    def layer_output(self) -> tuple[int, ...]:
+        """Spatial shape of what the layer produces."""
+        return self.conv_input if self.transposed else self.conv_output
+
+    def with_grid(self, grid: tuple[int, ...]) -> ConvSpec:
+        """The circular layer with a full-size kernel on ``grid`` (what a frequency-domain clip returns)."""
+        return ConvSpec(
+            kernel_size=grid,
+            conv_input=grid,
+            conv_output=tuple(n // s for n, s in zip(grid, self.stride, strict=True)),
+            grid=grid,
+            in_channels=self.in_channels,
+            out_channels=self.out_channels,
+            groups=self.groups,
+            stride=self.stride,
+            dilation=(1,) * self.ndim,
+            pads=None,
+            transposed=self.transposed,
+            channels_last=self.channels_last,
+        )
 
 
-def _size(value: object, name: str) -> int:
+def _size(value: object, name: str, minimum: int = 1) -> int:
     if isinstance(value, bool):
         msg = f"`{name}` must contain integers, got a bool"
         raise TypeError(msg)
@@ -57,14 +132,15 @@ def _size(value: object, name: str) -> int:
     except TypeError:
         msg = f"`{name}` must contain integers, got {type(value).__name__}"
         raise TypeError(msg) from None
-    if size <= 0:
-        msg = f"`{name}` must contain positive sizes, got {size}"
+    if size < minimum:
+        kind = "positive" if minimum == 1 else "non-negative"
+        msg = f"`{name}` must contain {kind} sizes, got {size}"
         raise ValueError(msg)
     return size
 
 
-def normalize_shape(value: object, ndim: int, name: str) -> tuple[int, ...]:
-    """A bare int or one int per spatial axis -> a tuple of ``ndim`` positive ints.
+def normalize_shape(value: object, ndim: int, name: str, minimum: int = 1) -> tuple[int, ...]:
+    """A bare int or one int per spatial axis -> a tuple of ``ndim`` ints ``>= minimum``.
 
     Any iterable of integers works (a tuple, ``torch.Size``, a NumPy array).
     """
@@ -75,14 +151,49 @@ def normalize_shape(value: object, ndim: int, name: str) -> tuple[int, ...]:
         items: tuple[object, ...] = tuple(value)  # type: ignore[arg-type]
     except TypeError:  # not iterable: one size for every axis
         items = (value,) * ndim
-    sizes = tuple(_size(v, name) for v in items)
+    sizes = tuple(_size(v, name, minimum) for v in items)
     if len(sizes) != ndim:
         msg = f"`{name}` has {len(sizes)} entries but the kernel has {ndim} spatial axes"
         raise ValueError(msg)
     return sizes
 
 
-def conv_spec(kernel_shape: tuple[int, ...], input_shape: int | Sequence[int], layout: str) -> ConvSpec:
+def _same_pads(n: int, k: int, s: int) -> tuple[int, int]:
+    """TensorFlow/Keras "same": output ``ceil(n / s)``, the extra zero on the right."""
+    total = max((-(-n // s) - 1) * s + k - n, 0)
+    return total // 2, total - total // 2
+
+
+def _explicit_pads(padding: object, ndim: int) -> Pads:
+    """An int, one int per axis, or one ``(before, after)`` pair per axis."""
+    if isinstance(padding, Sequence) and not isinstance(padding, str):
+        if len(padding) != ndim:
+            msg = f"`padding` has {len(padding)} entries but the kernel has {ndim} spatial axes"
+            raise ValueError(msg)
+        pads = []
+        for entry in padding:
+            if isinstance(entry, Sequence):
+                pads.append(normalize_shape(entry, 2, "padding", minimum=0))
+            else:
+                p = _size(entry, "padding", minimum=0)
+                pads.append((p, p))
+        return tuple((a, b) for a, b in pads)
+    p = _size(padding, "padding", minimum=0)
+    return ((p, p),) * ndim
+
+
+def conv_spec(
+    kernel_shape: tuple[int, ...],
+    input_shape: object,
+    layout: str,
+    *,
+    stride: object = 1,
+    dilation: object = 1,
+    groups: object = 1,
+    transposed: object = False,
+    padding: object = "circular",
+    output_padding: object = 0,
+) -> ConvSpec:
     """Validate the arguments shared by every public function."""
     if not isinstance(layout, str) or layout not in LAYOUTS:
         msg = f"`layout` must be one of {sorted(LAYOUTS)}, got {layout!r}"
@@ -101,20 +212,103 @@ def conv_spec(kernel_shape: tuple[int, ...], input_shape: int | Sequence[int], l
         msg = f"`kernel` must have positive sizes on every axis, got shape {tuple(kernel_shape)}"
         raise ValueError(msg)
     if channels_last:
-        spatial, (c_in, c_out) = kernel_shape[:ndim], kernel_shape[ndim:]
+        ksize, (group_in, c_out) = tuple(kernel_shape[:ndim]), kernel_shape[ndim:]
     else:
-        (c_out, c_in), spatial = kernel_shape[:2], kernel_shape[2:]
+        (c_out, group_in), ksize = kernel_shape[:2], tuple(kernel_shape[2:])
+
+    if not isinstance(transposed, bool):
+        msg = f"`transposed` must be a bool, got {transposed!r}"
+        raise TypeError(msg)
+    n_groups = _size(groups, "groups")
+    if c_out % n_groups:
+        role = "the transposed layer's input" if transposed else "output"
+        msg = f"`groups`={n_groups} must divide the {role} channels ({c_out})"
+        raise ValueError(msg)
+    strides = normalize_shape(stride, ndim, "stride")
+    dilations = normalize_shape(dilation, ndim, "dilation")
+    given = normalize_shape(input_shape, ndim, "input_shape")
+    extra = normalize_shape(output_padding, ndim, "output_padding", minimum=0)
+    if any(extra) and not transposed:
+        msg = "`output_padding` only applies to transposed layers (transposed=True)"
+        raise ValueError(msg)
+    span = tuple((k - 1) * d + 1 for k, d in zip(ksize, dilations, strict=True))
+
+    pads: Pads | None
+    if isinstance(padding, str) and padding == "circular":
+        if any(extra):
+            msg = (
+                "`output_padding` is for zero padding; a circular transposed layer's output is input * stride"
+            )
+            raise ValueError(msg)
+        pads = None
+        conv_input = tuple(m * s for m, s in zip(given, strides, strict=True)) if transposed else given
+        for n, s in zip(conv_input, strides, strict=True):
+            if n % s:
+                msg = f"`stride` {strides} must divide the feature map {conv_input} for circular padding"
+                raise ValueError(msg)
+        conv_output = tuple(n // s for n, s in zip(conv_input, strides, strict=True))
+        grid = conv_input
+    else:
+        if isinstance(padding, str) and padding not in ("same", "valid"):
+            msg = f"`padding` must be 'circular', 'same', 'valid', an int or per-axis ints, got {padding!r}"
+            raise ValueError(msg)
+        if transposed:
+            # The forward convolution maps the transposed layer's output back to `given`.
+            if padding == "same":
+                conv_input = tuple(m * s + e for m, s, e in zip(given, strides, extra, strict=True))
+            else:
+                pad_sums = (
+                    [0] * ndim if padding == "valid" else [a + b for a, b in _explicit_pads(padding, ndim)]
+                )
+                conv_input = tuple(
+                    (m - 1) * s - p + w + e
+                    for m, s, p, w, e in zip(given, strides, pad_sums, span, extra, strict=True)
+                )
+                if min(conv_input) <= 0:
+                    msg = f"the transposed layer's output would be {conv_input}: not a valid size"
+                    raise ValueError(msg)
+        else:
+            conv_input = given
+        if padding == "same":
+            pads = tuple(_same_pads(n, w, s) for n, w, s in zip(conv_input, span, strides, strict=True))
+        elif padding == "valid":
+            pads = ((0, 0),) * ndim
+        else:
+            pads = _explicit_pads(padding, ndim)
+        conv_output = tuple(
+            (n + a + b - w) // s + 1 for n, (a, b), w, s in zip(conv_input, pads, span, strides, strict=True)
+        )
+        if min(conv_output) <= 0:
+            msg = (
+                f"the layer's output would be empty: map {conv_input} with padding {pads} is smaller "
+                f"than the dilated kernel {span}"
+            )
+            raise ValueError(msg)
+        if transposed and conv_output != given:
+            msg = (
+                f"`output_padding` {extra} does not fit: the forward convolution of a {conv_input} map "
+                f"gives {conv_output}, not the input_shape {given}"
+            )
+            raise ValueError(msg)
+        grid = tuple(-(-(n + a + b) // s) * s for n, (a, b), s in zip(conv_input, pads, strides, strict=True))
     return ConvSpec(
-        kernel_size=tuple(spatial),
-        input_shape=normalize_shape(input_shape, ndim, "input_shape"),
-        in_channels=c_in,
+        kernel_size=ksize,
+        conv_input=conv_input,
+        conv_output=conv_output,
+        grid=grid,
+        in_channels=group_in * n_groups,
         out_channels=c_out,
+        groups=n_groups,
+        stride=strides,
+        dilation=dilations,
+        pads=pads,
+        transposed=transposed,
         channels_last=channels_last,
     )
 
 
 def to_spatial_first(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
-    """The kernel as ``(*spatial, in, out)``, whatever the user's layout."""
+    """The kernel as ``(*spatial, in/groups, out)``, whatever the user's layout."""
     if spec.channels_last:
         return kernel
     d = spec.ndim
@@ -123,7 +317,7 @@ def to_spatial_first(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
 
 
 def from_spatial_first(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
-    """A spatial-first ``(*spatial, in, out)`` kernel back in the user's layout."""
+    """A spatial-first ``(*spatial, in/groups, out)`` kernel back in the user's layout."""
     if spec.channels_last:
         return kernel
     d = spec.ndim
@@ -139,10 +333,16 @@ class Parsed(NamedTuple):
     dtype: Any  # the dtype the user passed
 
 
-def parse(kernel: object, input_shape: int | Sequence[int], layout: str, xp: Namespace | None) -> Parsed:
-    """The common front door of every public function."""
+def parse(
+    kernel: object,
+    input_shape: int | Sequence[int],
+    layout: str,
+    xp: Namespace | None,
+    **options: Any,
+) -> Parsed:
+    """The common front door of every public function; ``options`` are the layer's (stride, ...)."""
     array, xp = namespace_of(kernel, xp)
-    spec = conv_spec(tuple(array.shape), input_shape, layout)
+    spec = conv_spec(tuple(array.shape), input_shape, layout, **options)
     user_dtype = array.dtype
     dtype = working_dtype(xp, user_dtype, device_of(array))
     if dtype != user_dtype:

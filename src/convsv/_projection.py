@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from ._docs import fill_layer_doc
 from ._layout import ConvSpec, from_spatial_first, parse
 from ._lib import Array, Namespace, complex_dtype, device_of, repeat, while_loop, zero_d
-from ._spectrum import finite_or_zero, matrix_singular_values, nan_where_not, transfer_matrices
+from ._spectrum import finite_or_zero, kernel_from_blocks, layer_blocks, matrix_singular_values, nan_where_not
 
 METHODS = ("alternating", "extrapolated", "dykstra")
 
@@ -98,17 +99,9 @@ def clip_matrices(
     return nan_where_not(finite, (u * clipped[..., None, :]) @ vh, xp), nan_where_not(finite, s, xp)
 
 
-def kernel_from_transfer(matrices: Array, spec: ConvSpec, real: bool, xp: Namespace) -> Array:
-    """The full-grid spatial-first kernel whose per-frequency matrices are ``matrices``.
-
-    Inverts :func:`convsv._spectrum.transfer_matrices`: ``K[p] = (1/N) sum_f T[f] e^{-2 pi i <f, p / n>}``.
-    """
-    full = xp.fft.fftn(matrices, axes=tuple(range(spec.ndim)), norm="forward")
-    return xp.real(full) if real else full
-
-
 def _crop(full: Array, spec: ConvSpec) -> Array:
-    taps = (*(slice(0, k) for k in spec.kernel_size), ...)
+    """Keep the kernel's own taps of a full-grid kernel: the first ``(k - 1) d + 1``, every ``d``-th."""
+    taps = (*(slice(0, w, d) for w, d in zip(spec.dilated_size, spec.dilation, strict=True)), ...)
     return full[taps]
 
 
@@ -142,11 +135,10 @@ def _project(
     """
     real = not xp.isdtype(kernel.dtype, "complex floating")
     device = device_of(kernel)
-    n_positions = spec.n_positions
 
     def step(state: tuple[Array, Array, Array, Array]) -> tuple[Array, Array, Array, Array]:
         x, dual, steps, done = state
-        matrices = transfer_matrices(x, spec, xp)
+        matrices = layer_blocks(x, spec, xp)
         if method == "dykstra":
             matrices = matrices + dual
         clipped, s = clip_matrices(matrices, max_norm, min_norm, xp)
@@ -154,11 +146,12 @@ def _project(
             # s is the spectrum of x's own layer: the stopping test costs nothing,
             # and an x that passes it is kept as it is.
             done = _meets_bounds(s, max_norm, min_norm, tol, xp)
-        new = _crop(kernel_from_transfer(clipped, spec, real, xp), spec)
+        new = _crop(kernel_from_blocks(clipped, spec, real, xp), spec)
         if method == "extrapolated":
             # Step to the hyperplane through P_B(x) normal to x - P_B(x), which
             # contains B; within S that is x + lam (P_S P_B x - x), lam >= 1.
-            residual = _sum_squares(s - xp.clip(s, min=min_norm, max=max_norm), xp) / n_positions
+            # (A kernel's squared norm is its layer's divided by the number of blocks.)
+            residual = _sum_squares(s - xp.clip(s, min=min_norm, max=max_norm), xp) / spec.n_blocks
             length = _sum_squares(new - x, xp)
             one = xp.ones_like(length)
             lam = xp.where(length > 0, residual / xp.where(length > 0, length, one), one)
@@ -166,7 +159,7 @@ def _project(
         elif method == "dykstra":
             dual = matrices - clipped  # Dykstra's correction for B; S is a subspace and needs none
             if tol is not None:
-                spectrum = matrix_singular_values(transfer_matrices(new, spec, xp), xp)
+                spectrum = matrix_singular_values(layer_blocks(new, spec, xp), xp)
                 settled = _sum_squares(new - x, xp) <= tol**2 * _sum_squares(new, xp)
                 done = _meets_bounds(spectrum, max_norm, min_norm, tol, xp) & settled
                 return new, dual, steps + 1, done
@@ -178,7 +171,7 @@ def _project(
         return (steps < iterations) & ~done
 
     if method == "dykstra":
-        shape = (*spec.input_shape, spec.in_channels, spec.out_channels)
+        shape = (*spec.freq_grid, spec.groups, spec.phases * spec.group_in, spec.group_out)
         dual = xp.zeros(shape, dtype=complex_dtype(xp, kernel.dtype), device=device)
     else:
         dual = xp.zeros((), device=device)  # unused
@@ -202,12 +195,19 @@ def _output(kernel: Array, spec: ConvSpec, xp: Namespace, user_dtype: object) ->
     return out
 
 
+@fill_layer_doc
 def clip_operator_norm(
     kernel: Array,
     input_shape: int | Sequence[int],
     max_norm: float,
     *,
     layout: str = "HWIO",
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    transposed: bool = False,
+    padding: str | int | Sequence[Any] = "circular",
+    output_padding: int | Sequence[int] = 0,
     min_norm: float | None = None,
     method: str = "alternating",
     iterations: int = 1,
@@ -217,24 +217,25 @@ def clip_operator_norm(
 ) -> Array | tuple[Array, ClipInfo]:
     r"""Project a convolution kernel towards the layer-norm ball, keeping its size.
 
-    Clips the singular values of the layer (circular padding, see
-    :func:`singular_values`) to ``max_norm`` in the frequency domain, returns
-    to the kernel's own ``k_1 x ... x k_d`` taps by zeroing the others, and
-    optionally repeats. One step is the algorithm of Sedghi, Gupta & Long
-    (ICLR 2019, Section 3). The crop can push the norm above ``max_norm``
-    again; repeating the pair with ``tol`` drives it down to the bound.
+    Clips the singular values of the layer (see :func:`singular_values`) to
+    ``max_norm`` in the frequency domain, returns to the kernel's own
+    ``k_1 x ... x k_d`` taps by zeroing the others, and optionally repeats.
+    One step is the algorithm of Sedghi, Gupta & Long (ICLR 2019, Section 3).
+    The crop can push the norm above ``max_norm`` again; repeating the pair
+    with ``tol`` drives it down to the bound.
 
     Parameters
     ----------
     kernel : array
-        The convolution kernel; see :func:`singular_values`. Every spatial
-        size must be at most the feature map's.
+        The convolution kernel; see :func:`singular_values`. With circular
+        padding its dilated size must be at most the feature map's.
     input_shape : int or sequence of int
-        Spatial shape of the input feature map.
+        Spatial shape of the layer's input.
     max_norm : float
         The bound on the operator norm (non-negative).
     layout : {"HWIO", "OIHW", "WIO", "OIW", "DHWIO", "OIDHW"}, optional
         Order of the kernel's axes. Default ``"HWIO"``.
+    {layer_parameters}
     min_norm : float, optional
         Also raise singular values below ``min_norm`` up to it, aiming at
         singular values in ``[min_norm, max_norm]``; ``min_norm = max_norm = 1``
@@ -268,7 +269,9 @@ def clip_operator_norm(
         floating and complex kernels (integer kernels come back in the
         namespace's default float).
     info : ClipInfo
-        Only with ``return_info=True``.
+        Only with ``return_info=True``. For zero padding, ``info.norm`` is the
+        norm of the circular layer on the padded map, an upper bound on the
+        zero-padded layer's.
 
     Raises
     ------
@@ -278,8 +281,8 @@ def clip_operator_norm(
     ValueError
         As :func:`singular_values`; also for a negative or non-finite bound,
         ``min_norm > max_norm``, an unknown ``method``, ``iterations < 1``, a
-        negative ``tol``, ``min_norm`` with ``"extrapolated"``, or a kernel
-        larger than the feature map.
+        negative ``tol``, ``min_norm`` with ``"extrapolated"``, or (circular
+        padding) a dilated kernel larger than the feature map.
 
     See Also
     --------
@@ -289,9 +292,10 @@ def clip_operator_norm(
     Notes
     -----
     Let ``B`` be the kernels on the feature-map grid whose layer has operator
-    norm at most ``max_norm`` and ``S`` those supported on the original taps.
-    Both are convex and contain 0, and the Frobenius norm of a kernel is that
-    of its layer's matrix divided by ``sqrt(prod(input_shape))``, so:
+    norm at most ``max_norm`` and ``S`` those supported on the original
+    (dilated) taps. Both are convex and contain 0, and the Frobenius norm of
+    a kernel is that of its layer's matrix divided by the square root of the
+    number of output positions, so:
 
     - ``"alternating"`` converges to a point of ``B ∩ S`` (Cheney & Goldstein
       1959), often slowly: hundreds of steps for a relative ``tol`` of
@@ -302,6 +306,13 @@ def clip_operator_norm(
     - ``"dykstra"`` converges to the projection of ``kernel`` onto
       ``B ∩ S``, the nearest kernel of that size whose layer meets the bound
       (Boyle & Dykstra 1986); it needs the most steps.
+
+    Zero padding: the projection acts on the circular layer on the
+    zero-padded map (rounded up to a multiple of the stride), whose norm
+    bounds the zero-padded layer's from above (see
+    :func:`operator_norm_bounds`). So the zero-padded layer's norm is at most
+    ``max_norm`` once that circular layer's is, which is what ``tol`` tests;
+    the bound is conservative by the gap between the two norms.
 
     With ``min_norm`` the lower clip is still the nearest point in the
     frequency domain, but the set is not convex, so these guarantees lapse;
@@ -353,7 +364,18 @@ def clip_operator_norm(
     >>> bool(xp.max(xp.abs(nearest - box / 9)) < 1e-6)
     True
     """
-    k, spec, xp, user_dtype = parse(kernel, input_shape, layout, xp)
+    k, spec, xp, user_dtype = parse(
+        kernel,
+        input_shape,
+        layout,
+        xp,
+        stride=stride,
+        dilation=dilation,
+        groups=groups,
+        transposed=transposed,
+        padding=padding,
+        output_padding=output_padding,
+    )
     max_norm, min_norm = _check_bounds(max_norm, min_norm)
     _check_schedule(method, iterations, tol)
     if method == "extrapolated" and min_norm is not None:
@@ -362,9 +384,9 @@ def clip_operator_norm(
             "which `min_norm` breaks; use method='alternating' with `min_norm`"
         )
         raise ValueError(msg)
-    if any(size > n for size, n in zip(spec.kernel_size, spec.input_shape, strict=True)):
+    if any(w > n for w, n in zip(spec.dilated_size, spec.grid, strict=True)):
         msg = (
-            f"the kernel's spatial size {spec.kernel_size} exceeds `input_shape` {spec.input_shape}: "
+            f"the kernel's dilated size {spec.dilated_size} exceeds the feature map {spec.grid}: "
             "it has no taps of its own to crop back to; use clip_singular_values for the full-size kernel"
         )
         raise ValueError(msg)
@@ -372,7 +394,7 @@ def clip_operator_norm(
     out = _output(x, spec, xp, user_dtype)
     if not return_info:
         return out
-    spectrum = matrix_singular_values(transfer_matrices(x, spec, xp), xp)
+    spectrum = matrix_singular_values(layer_blocks(x, spec, xp), xp)
     norm = zero_d(xp.max(spectrum), xp)
     if tol is not None and method != "dykstra":
         # The loop tests each iterate before stepping from it: not the last one.
@@ -380,12 +402,19 @@ def clip_operator_norm(
     return out, ClipInfo(norm=norm, iterations=zero_d(steps, xp), converged=zero_d(done, xp))
 
 
+@fill_layer_doc
 def clip_singular_values(
     kernel: Array,
     input_shape: int | Sequence[int],
     max_norm: float,
     *,
     layout: str = "HWIO",
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    transposed: bool = False,
+    padding: str | int | Sequence[Any] = "circular",
+    output_padding: int | Sequence[int] = 0,
     min_norm: float | None = None,
     xp: Namespace | None = None,
 ) -> Array:
@@ -393,10 +422,11 @@ def clip_singular_values(
 
     Clips every singular value of the layer (circular padding) to at most
     ``max_norm`` (and at least ``min_norm``) and returns the kernel of the
-    resulting layer. That layer is still a circular convolution, but its
-    kernel has a tap at every position of the feature map: spatial shape
-    ``input_shape``. Of all layers whose norm is at most ``max_norm`` it is the
-    nearest to the original in the Frobenius norm (Lefkimmiatis et al. 2013,
+    resulting layer. That layer is still a circular convolution with the same
+    stride and groups, but its kernel has a tap at every position of the
+    (forward convolution's input) feature map, and dilation 1. Of all layers
+    whose norm is at most ``max_norm`` it is the nearest to the original in
+    the Frobenius norm (Lefkimmiatis et al. 2013,
     Proposition 1), and its norm bound holds exactly, up to round-off.
 
     Parameters
@@ -405,11 +435,12 @@ def clip_singular_values(
         The convolution kernel; see :func:`singular_values`. Any spatial size
         (a kernel larger than the map wraps around first).
     input_shape : int or sequence of int
-        Spatial shape of the input feature map.
+        Spatial shape of the layer's input.
     max_norm : float
         The bound on the operator norm (non-negative).
     layout : {"HWIO", "OIHW", "WIO", "OIW", "DHWIO", "OIDHW"}, optional
         Order of the kernel's axes (of the input and of the result).
+    {layer_parameters}
     min_norm : float, optional
         Also raise singular values below ``min_norm`` up to it.
     xp : array namespace, optional
@@ -418,14 +449,17 @@ def clip_singular_values(
     Returns
     -------
     array
-        The full-size kernel: the input's layout with spatial sizes
-        ``input_shape``; same namespace, device and dtype (integer kernels
-        come back in the default float). Real for real kernels.
+        The full-size kernel: the input's layout with the spatial sizes of
+        the forward convolution's input (``input_shape``, or for a transposed
+        layer ``input_shape * stride``); same namespace, device and dtype
+        (integer kernels come back in the default float). Real for real
+        kernels.
 
     Raises
     ------
     TypeError, ValueError
-        As :func:`clip_operator_norm`.
+        As :func:`clip_operator_norm`; ``ValueError`` also for zero padding,
+        whose projection is not a convolution.
 
     See Also
     --------
@@ -442,11 +476,25 @@ def clip_singular_values(
     >>> convsv.operator_norm(full, (8, 8))
     Array(1., dtype=array_api_strict.float64)
     """
-    k, spec, xp, user_dtype = parse(kernel, input_shape, layout, xp)
-    max_norm, min_norm = _check_bounds(max_norm, min_norm)
-    clipped, _ = clip_matrices(transfer_matrices(k, spec, xp), max_norm, min_norm, xp)
-    full = kernel_from_transfer(clipped, spec, not xp.isdtype(k.dtype, "complex floating"), xp)
-    full_spec = ConvSpec(
-        spec.input_shape, spec.input_shape, spec.in_channels, spec.out_channels, spec.channels_last
+    k, spec, xp, user_dtype = parse(
+        kernel,
+        input_shape,
+        layout,
+        xp,
+        stride=stride,
+        dilation=dilation,
+        groups=groups,
+        transposed=transposed,
+        padding=padding,
+        output_padding=output_padding,
     )
-    return _output(full, full_spec, xp, user_dtype)
+    max_norm, min_norm = _check_bounds(max_norm, min_norm)
+    if not spec.circular:
+        msg = (
+            "clip_singular_values needs padding='circular': the projection of a zero-padded layer "
+            "is not a convolution; use clip_operator_norm, which works on the padded map"
+        )
+        raise ValueError(msg)
+    clipped, _ = clip_matrices(layer_blocks(k, spec, xp), max_norm, min_norm, xp)
+    full = kernel_from_blocks(clipped, spec, not xp.isdtype(k.dtype, "complex floating"), xp)
+    return _output(full, spec.with_grid(spec.grid), xp, user_dtype)

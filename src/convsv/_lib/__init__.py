@@ -22,6 +22,7 @@ __all__ = [
     "device_of",
     "namespace_of",
     "repeat",
+    "stop_gradient",
     "while_loop",
     "working_dtype",
     "zero_d",
@@ -90,6 +91,17 @@ def _is_traced(x: Array) -> bool:
     import jax
 
     return isinstance(x, jax.core.Tracer)
+
+
+def stop_gradient(x: Array) -> Array:
+    """``x`` cut out of automatic differentiation (PyTorch, JAX); unchanged elsewhere."""
+    if array_api_compat.is_torch_array(x):
+        return x.detach()
+    if array_api_compat.is_jax_array(x):
+        import jax
+
+        return jax.lax.stop_gradient(x)
+    return x
 
 
 def device_of(x: Array) -> Any:
