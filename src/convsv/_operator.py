@@ -16,7 +16,17 @@ from typing import Any
 
 from ._docs import fill_layer_doc
 from ._layout import ConvSpec, parse
-from ._lib import Array, Namespace, complex_dtype, device_of, repeat, stop_gradient, while_loop
+from ._lib import (
+    Array,
+    Namespace,
+    complex_dtype,
+    device_of,
+    interleave_zeros,
+    pad_axis,
+    repeat,
+    stop_gradient,
+    while_loop,
+)
 from ._spectrum import dilate, fold, grouped, transfer_matrices
 
 #: Default cap on the number of entries of :func:`conv_matrix` (2 GiB in float64).
@@ -177,17 +187,6 @@ def conv_matrix(
 # --- matrix-free application, for zero padding -------------------------------
 
 
-def _pad_axis(x: Array, axis: int, before: int, after: int, xp: Namespace) -> Array:
-    parts = []
-    for size in (before, None, after):
-        if size is None:
-            parts.append(x)
-        elif size:
-            shape = (*x.shape[:axis], size, *x.shape[axis + 1 :])
-            parts.append(xp.zeros(shape, dtype=x.dtype, device=device_of(x)))
-    return xp.concat(parts, axis=axis) if len(parts) > 1 else x
-
-
 class PaddedLayer:
     """The zero-padded forward convolution and its adjoint, applied by FFT on ``spec.grid``.
 
@@ -215,7 +214,7 @@ class PaddedLayer:
         xp, spec = self.xp, self.spec
         assert spec.pads is not None
         for axis, ((before, _), n, g) in enumerate(zip(spec.pads, spec.conv_input, spec.grid, strict=True)):
-            x = _pad_axis(x, axis, before, g - n - before, xp)
+            x = pad_axis(x, axis, before, g - n - before, xp)
         z = self._convolve(x, self.matrices, spec.in_channels, spec.out_channels)
         keep = (*(slice(0, m * s, s) for m, s in zip(spec.conv_output, spec.stride, strict=True)), ...)
         return z[keep]
@@ -225,20 +224,8 @@ class PaddedLayer:
         xp, spec = self.xp, self.spec
         assert spec.pads is not None
         for axis, (m, s, g) in enumerate(zip(spec.conv_output, spec.stride, spec.grid, strict=True)):
-            y = _pad_axis(y, axis, 0, g // s - m, xp)
-            if s > 1:  # put each output back at its grid position, zeros between
-                spaced = xp.concat(
-                    (
-                        xp.expand_dims(y, axis=axis + 1),
-                        xp.zeros(
-                            (*y.shape[: axis + 1], s - 1, *y.shape[axis + 1 :]),
-                            dtype=y.dtype,
-                            device=device_of(y),
-                        ),
-                    ),
-                    axis=axis + 1,
-                )
-                y = xp.reshape(spaced, (*y.shape[:axis], g, *y.shape[axis + 1 :]))
+            # each output back at its grid position, zeros between
+            y = interleave_zeros(pad_axis(y, axis, 0, g // s - m, xp), axis, s, xp)
         x = self._convolve(y, self.adjoint_matrices, spec.out_channels, spec.in_channels)
         keep = (*(slice(b, b + n) for (b, _), n in zip(spec.pads, spec.conv_input, strict=True)), ...)
         return x[keep]
@@ -284,13 +271,12 @@ def lanczos_norm(layer: PaddedLayer, *, tol: float, cycle: int, cycles: int) -> 
 
     rows = xp.arange(k, device=device)
 
-    def bidiagonalize(v0: Array) -> tuple[Array, Array, Array, Array]:
-        """``cycle`` steps from unit ``v0``: bases V (k, n_in), U (k, n_out) and the bidiagonal's entries."""
+    def bidiagonalize(v0: Array) -> tuple[Array, Array, Array]:
+        """``k`` steps from unit ``v0``: the right basis ``(k, n_in)`` and the bidiagonal's entries."""
         u = forward(v0)
         alpha0 = xp.linalg.vector_norm(u)
-        u = u / xp.where(
-            alpha0 > 0, alpha0, xp.ones_like(alpha0)
-        )  # alpha0 = 0: a layer that reads only zeros
+        # alpha0 = 0 for a layer that reads only zeros: keep u = 0 rather than NaN.
+        u = u / xp.where(alpha0 > 0, alpha0, xp.ones_like(alpha0))
         basis_v = xp.where(rows[:, None] == 0, v0[None, :], xp.zeros((k, n_in), dtype=dtype, device=device))
         basis_u = xp.where(rows[:, None] == 0, u[None, :], xp.zeros((k, n_out), dtype=dtype, device=device))
         alphas = xp.where(rows == 0, alpha0, xp.zeros(k, dtype=alpha0.dtype, device=device))
@@ -314,7 +300,7 @@ def lanczos_norm(layer: PaddedLayer, *, tol: float, cycle: int, cycles: int) -> 
 
         start = (xp.asarray(0, device=device), v0, u, basis_v, basis_u, alphas, betas)
         _, _, _, basis_v, _, alphas, betas = repeat(step, start, k - 1)
-        return basis_v, alphas, betas, rows
+        return basis_v, alphas, betas
 
     def ritz(basis_v: Array, alphas: Array, betas: Array, size: int) -> tuple[Array, Array]:
         """Top singular value and right singular vector of the leading ``size`` x ``size`` bidiagonal."""
@@ -330,7 +316,7 @@ def lanczos_norm(layer: PaddedLayer, *, tol: float, cycle: int, cycles: int) -> 
 
     def cycle_step(state: tuple[Array, Array, Array, Array]) -> tuple[Array, Array, Array, Array]:
         v, _, count, _ = state
-        basis_v, alphas, betas, _ = bidiagonalize(v)
+        basis_v, alphas, betas = bidiagonalize(v)
         value, vector = ritz(basis_v, alphas, betas, k)
         previous, _ = ritz(basis_v, alphas, betas, k - 1)
         settled = (value - previous) <= tol * value

@@ -20,27 +20,14 @@ import math
 from collections.abc import Sequence
 
 from ._layout import ConvSpec
-from ._lib import Array, Namespace, complex_dtype, device_of
+from ._lib import Array, Namespace, complex_dtype, interleave_zeros, pad_axis
 
 
 def dilate(kernel: Array, dilation: Sequence[int], xp: Namespace) -> Array:
     """Spread a spatial-first kernel's taps ``dilation`` apart (zeros between them)."""
     for axis, d in enumerate(dilation):
-        if d == 1:
-            continue
-        k = kernel.shape[axis]
-        # Append d - 1 zeros after every tap, then drop the trailing ones.
-        taps = xp.expand_dims(kernel, axis=axis + 1)
-        gap = xp.zeros(
-            (*kernel.shape[: axis + 1], d - 1, *kernel.shape[axis + 1 :]),
-            dtype=kernel.dtype,
-            device=device_of(kernel),
-        )
-        spread = xp.reshape(
-            xp.concat((taps, gap), axis=axis + 1), (*kernel.shape[:axis], k * d, *kernel.shape[axis + 1 :])
-        )
-        span = (*(slice(None),) * axis, slice(0, (k - 1) * d + 1), ...)
-        kernel = spread[span]
+        span = (*(slice(None),) * axis, slice(0, (kernel.shape[axis] - 1) * d + 1), ...)
+        kernel = interleave_zeros(kernel, axis, d, xp)[span]
     return kernel
 
 
@@ -54,10 +41,7 @@ def fold(kernel: Array, grid: Sequence[int], xp: Namespace) -> Array:
     for axis, n in enumerate(grid):
         k = kernel.shape[axis]
         periods = -(-k // n)
-        if periods * n != k:
-            pad_shape = (*kernel.shape[:axis], periods * n - k, *kernel.shape[axis + 1 :])
-            zeros = xp.zeros(pad_shape, dtype=kernel.dtype, device=device_of(kernel))
-            kernel = xp.concat((kernel, zeros), axis=axis)
+        kernel = pad_axis(kernel, axis, 0, periods * n - k, xp)
         if periods > 1:
             split = (*kernel.shape[:axis], periods, n, *kernel.shape[axis + 1 :])
             kernel = xp.sum(xp.reshape(kernel, split), axis=axis)

@@ -20,7 +20,9 @@ __all__ = [
     "Namespace",
     "complex_dtype",
     "device_of",
+    "interleave_zeros",
     "namespace_of",
+    "pad_axis",
     "repeat",
     "stop_gradient",
     "while_loop",
@@ -102,6 +104,26 @@ def stop_gradient(x: Array) -> Array:
 
         return jax.lax.stop_gradient(x)
     return x
+
+
+def pad_axis(x: Array, axis: int, before: int, after: int, xp: Namespace) -> Array:
+    """``x`` with ``before`` and ``after`` zeros along ``axis`` (the standard has no ``pad``)."""
+    parts = []
+    for size in (before, None, after):
+        if size is None:
+            parts.append(x)
+        elif size:
+            shape = (*x.shape[:axis], size, *x.shape[axis + 1 :])
+            parts.append(xp.zeros(shape, dtype=x.dtype, device=device_of(x)))
+    return xp.concat(parts, axis=axis) if len(parts) > 1 else x
+
+
+def interleave_zeros(x: Array, axis: int, factor: int, xp: Namespace) -> Array:
+    """``x`` with ``factor - 1`` zeros after every entry along ``axis`` (length times ``factor``)."""
+    if factor == 1:
+        return x
+    spaced = pad_axis(xp.expand_dims(x, axis=axis + 1), axis + 1, 0, factor - 1, xp)
+    return xp.reshape(spaced, (*x.shape[:axis], x.shape[axis] * factor, *x.shape[axis + 1 :]))
 
 
 def device_of(x: Array) -> Any:
