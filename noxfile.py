@@ -32,7 +32,8 @@ TEST_ENV = {"CONVSV_REQUIRE_BACKENDS": "1", "HYPOTHESIS_PROFILE": "ci"}
 def tests(session: nox.Session, backend: str) -> None:
     """The test suite on one CPU backend (the tests of the others are deselected)."""
     session.install(*BACKENDS[backend], "-e", ".[test]")
-    session.run("pytest", *session.posargs, env={**TEST_ENV, "CONVSV_BACKENDS": backend})
+    # Two workers: the suite is single-threaded work (SVD batches, JAX compiles) on a 2-core CI.
+    session.run("pytest", "-n", "2", *session.posargs, env={**TEST_ENV, "CONVSV_BACKENDS": backend})
 
 
 @nox.session(venv_backend="none", default=False, tags=["gpu"])

@@ -194,18 +194,15 @@ hypothesis.settings.register_profile("ci", derandomize=True, database=None, prin
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
-_CONVERGENCE_LOG: list[str] = []
-
-
-@pytest.fixture
-def convergence_log() -> list[str]:
-    """Lines for the terminal summary: how many steps each projection took."""
-    return _CONVERGENCE_LOG
-
-
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Print the recorded projection step counts at the end of the run."""
-    if _CONVERGENCE_LOG:
-        terminalreporter.section("projection steps to reach the bound")
-        for line in _CONVERGENCE_LOG:
+    """Print what tests recorded with ``record_property("summary", line)`` (works under xdist)."""
+    lines = [
+        value
+        for report in terminalreporter.stats.get("passed", [])
+        for name, value in getattr(report, "user_properties", ())
+        if name == "summary"
+    ]
+    if lines:
+        terminalreporter.section("recorded by the tests")
+        for line in sorted(lines):
             terminalreporter.write_line(line)

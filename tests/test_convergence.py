@@ -28,7 +28,7 @@ TARGETS = [("alternating", 1e-3), ("extrapolated", 1e-6)]
 @pytest.mark.parametrize(("method", "tol"), TARGETS, ids=[m for m, _ in TARGETS])
 @pytest.mark.parametrize("scale", list(SCALES))
 @pytest.mark.parametrize(("channels", "size"), LAYERS, ids=[f"{c}ch-{n}x{n}" for c, n in LAYERS])
-def test_reaches_the_bound(channels, size, scale, method, tol, convergence_log):
+def test_reaches_the_bound(channels, size, scale, method, tol, record_property):
     rng = np.random.default_rng(channels * size)
     kernel = rng.standard_normal((3, 3, channels, channels)) * np.sqrt(2 / (9 * channels)) * SCALES[scale]
     before = paper_singular_values(kernel, (size, size)).max()
@@ -40,7 +40,8 @@ def test_reaches_the_bound(channels, size, scale, method, tol, convergence_log):
     assert bool(info.converged)
     assert reached <= 1.0 + tol
     np.testing.assert_allclose(float(info.norm), reached, rtol=1e-10)
-    convergence_log.append(
-        f"{method:>12} tol={tol:.0e} {channels:>3}ch {size:>2}x{size:<2} {scale:>9}: "
-        f"norm {before:.3f} -> {reached:.7f} in {int(info.iterations)} steps"
+    record_property(
+        "summary",
+        f"projection {method:>12} tol={tol:.0e} {channels:>3}ch {size:>2}x{size:<2} {scale:>9}: "
+        f"norm {before:.3f} -> {reached:.7f} in {int(info.iterations)} steps",
     )
