@@ -97,6 +97,8 @@ def test_info_reports_the_exact_norm_and_steps(backend, rng, method):
     out = backend.check(out, dtype)
     norm = backend.check(info.norm, dtype)
     np.testing.assert_allclose(norm, dense_singular_values(out.astype(np.float64), (5, 5))[0], rtol=1e-5)
+    initial = backend.check(info.initial_norm, dtype)
+    np.testing.assert_allclose(initial, dense_singular_values(kernel, (5, 5))[0], rtol=1e-5)
     # Without tol, exactly `iterations` steps are taken and "converged" is not claimed.
     assert int(backend.to_numpy(info.iterations)) == 4
     assert not bool(backend.to_numpy(info.converged))

@@ -32,6 +32,9 @@ METHODS = ("alternating", "extrapolated", "dykstra")
 class ClipInfo(NamedTuple):
     """What :func:`clip_operator_norm` did, as 0-d arrays of the kernel's namespace.
 
+    For zero padding both norms are those of the circular layer on the padded
+    map, the upper bound the projection controls.
+
     Parameters
     ----------
     norm : array
@@ -40,11 +43,14 @@ class ClipInfo(NamedTuple):
         Number of projection steps applied (at most ``iterations``).
     converged : array
         Whether the stopping rule was met (always false when ``tol`` is None).
+    initial_norm : array
+        Exact operator norm of the input kernel's layer.
     """
 
     norm: Array
     iterations: Array
     converged: Array
+    initial_norm: Array
 
 
 def _bound(value: object, name: str) -> float:
@@ -269,9 +275,10 @@ def clip_operator_norm(
         floating and complex kernels (integer kernels come back in the
         namespace's default float).
     info : ClipInfo
-        Only with ``return_info=True``. For zero padding, ``info.norm`` is the
-        norm of the circular layer on the padded map, an upper bound on the
-        zero-padded layer's.
+        Only with ``return_info=True``: the norm reached, the steps taken,
+        whether ``tol`` was met, and the input's norm. For zero padding the
+        norms are those of the circular layer on the padded map, an upper
+        bound on the zero-padded layer's.
 
     Raises
     ------
@@ -399,7 +406,10 @@ def clip_operator_norm(
     if tol is not None and method != "dykstra":
         # The loop tests each iterate before stepping from it: not the last one.
         done = done | _meets_bounds(spectrum, max_norm, min_norm, tol, xp)
-    return out, ClipInfo(norm=norm, iterations=zero_d(steps, xp), converged=zero_d(done, xp))
+    initial = zero_d(xp.max(matrix_singular_values(layer_blocks(k, spec, xp), xp)), xp)
+    return out, ClipInfo(
+        norm=norm, iterations=zero_d(steps, xp), converged=zero_d(done, xp), initial_norm=initial
+    )
 
 
 @fill_layer_doc

@@ -1,0 +1,562 @@
+"""PyTorch adapter: bound the operator norm of a model's convolutions.
+
+Three idioms, one projection (:func:`convsv.clip_operator_norm`):
+
+- :func:`clip_operator_norm_` projects every convolution of a module, in place, now;
+- :class:`OperatorNormClipper` does it every ``every`` optimizer steps, through
+  ``Optimizer.register_step_post_hook`` (the paper's schedule);
+- :func:`parametrize_operator_norm` applies it at every forward pass, as a
+  differentiable ``torch.nn.utils.parametrize`` parametrization.
+
+Each convolution's stride, dilation, groups and padding are read from the
+layer itself; feature-map sizes come from ``input_shapes`` or from the layer's
+inputs, recorded by forward pre-hooks. Importing this module imports torch;
+``import convsv`` alone does not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+
+from ._projection import clip_operator_norm
+
+__all__ = [
+    "LayerReport",
+    "OperatorNormClipper",
+    "OperatorNormParametrization",
+    "clip_operator_norm_",
+    "conv_layers",
+    "layer_options",
+    "parametrize_operator_norm",
+]
+
+_LAYOUTS = {1: "OIW", 2: "OIHW", 3: "OIDHW"}
+Shapes = Mapping[str, Any]
+Conv = nn.modules.conv._ConvNd  # Conv1d/2d/3d and ConvTranspose1d/2d/3d
+Layers = Sequence[tuple[str, Conv]]
+
+
+class LayerReport(NamedTuple):
+    """What :func:`clip_operator_norm_` did to one layer (0-d tensors on the layer's device).
+
+    For zero-padded layers the norms are those of the circular layer on the
+    padded map, the upper bound the projection controls.
+
+    Parameters
+    ----------
+    name : str
+        The layer's name in the module.
+    norm_before : torch.Tensor
+        Operator norm before the projection.
+    norm_after : torch.Tensor
+        Operator norm after it.
+    iterations : torch.Tensor
+        Projection steps taken.
+    """
+
+    name: str
+    norm_before: torch.Tensor
+    norm_after: torch.Tensor
+    iterations: torch.Tensor
+
+
+def _ndim(layer: Conv) -> int:
+    return int(layer.weight.ndim) - 2
+
+
+def _as_conv(layer: object) -> Conv:
+    if not isinstance(layer, Conv):
+        msg = f"expected a torch.nn Conv or ConvTranspose layer, got {type(layer).__name__}"
+        raise TypeError(msg)
+    return layer
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel; a clear error for sharded weights (FSDP)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if isinstance(module, DistributedDataParallel):
+        module = module.module
+    for name, sub in module.named_modules():
+        sharded = type(sub).__name__ == "FullyShardedDataParallel" or any(
+            type(p).__name__ == "DTensor" for p in sub.parameters(recurse=False)
+        )
+        if sharded:
+            msg = (
+                f"{name or 'the module'} holds sharded parameters (FSDP or DTensor): the projection needs "
+                "each convolution's whole kernel. Gather them first (for FSDP1: inside "
+                "FullyShardedDataParallel.summon_full_params(model, writeback=True)), or clip before sharding"
+            )
+            raise TypeError(msg)
+    return module
+
+
+def conv_layers(module: nn.Module) -> Iterator[tuple[str, Conv]]:
+    """Every ``Conv1d/2d/3d`` and ``ConvTranspose1d/2d/3d`` in ``module``, by name.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model (or a ``DistributedDataParallel`` wrapping it).
+
+    Yields
+    ------
+    name : str
+        The layer's name, as ``module.named_modules()`` gives it.
+    layer : torch.nn.Module
+        The convolution.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from convsv.torch import conv_layers
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3))
+    >>> [name for name, _ in conv_layers(model)]
+    ['0', '2']
+    """
+    for name, sub in _unwrap(module).named_modules():
+        if isinstance(sub, Conv):
+            yield name, sub
+
+
+def layer_options(layer: nn.Module, input_shape: Sequence[int] | None = None) -> dict[str, Any]:
+    """The :mod:`convsv` options that describe a PyTorch convolution.
+
+    Parameters
+    ----------
+    layer : torch.nn.Module
+        A ``Conv1d/2d/3d`` or ``ConvTranspose1d/2d/3d``.
+    input_shape : sequence of int, optional
+        The layer's input spatial shape: needed to check that a
+        ``padding_mode="circular"`` layer is a circulant map (output size
+        ``input / stride``).
+
+    Returns
+    -------
+    dict
+        ``layout``, ``stride``, ``dilation``, ``groups``, ``transposed``,
+        ``padding`` and, for transposed layers, ``output_padding``.
+
+    Raises
+    ------
+    TypeError
+        If ``layer`` is not a convolution.
+    ValueError
+        For ``padding_mode`` ``"reflect"`` or ``"replicate"`` (not modelled),
+        or a circular layer whose output is not ``input / stride``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from convsv.torch import layer_options
+    >>> options = layer_options(torch.nn.Conv2d(3, 8, 3, stride=2, padding=1))
+    >>> options["layout"], options["stride"], options["padding"], options["groups"]
+    ('OIHW', (2, 2), (1, 1), 1)
+    """
+    layer = _as_conv(layer)
+    d = _ndim(layer)
+    options: dict[str, Any] = {
+        "layout": _LAYOUTS[d],
+        "stride": tuple(layer.stride),
+        "dilation": tuple(layer.dilation),
+        "groups": layer.groups,
+        "transposed": bool(layer.transposed),
+    }
+    if layer.transposed:
+        options["padding"] = tuple(layer.padding)
+        options["output_padding"] = tuple(layer.output_padding)
+        return options
+    padding = layer.padding if isinstance(layer.padding, str) else tuple(layer.padding)
+    if layer.padding_mode == "zeros":
+        options["padding"] = padding
+        return options
+    if layer.padding_mode != "circular":
+        msg = (
+            f"padding_mode={layer.padding_mode!r} is not modelled: convsv handles zero padding and "
+            "circular padding"
+        )
+        raise ValueError(msg)
+    if input_shape is not None:
+        # Circular padding is a circulant map (up to a cyclic shift) when the output is input / stride.
+        kernel = layer.weight.shape[2:]
+        pads = layer._reversed_padding_repeated_twice[::-1]  # (before, after) per axis, first axis first
+        for axis, n in enumerate(input_shape):
+            after, before = pads[2 * axis], pads[2 * axis + 1]
+            span = (kernel[axis] - 1) * layer.dilation[axis] + 1
+            out = (n + before + after - span) // layer.stride[axis] + 1
+            if n % layer.stride[axis] or out * layer.stride[axis] != n:
+                msg = (
+                    f"a circular-padded layer with padding {padding} gives {out} outputs on an axis of "
+                    f"{n}; convsv models circular padding whose output is input / stride"
+                )
+                raise ValueError(msg)
+    options["padding"] = "circular"
+    return options
+
+
+def _spatial(shape: Any, ndim: int, name: str) -> tuple[int, ...]:
+    if isinstance(shape, int):
+        return (shape,) * ndim
+    sizes = tuple(int(n) for n in shape)
+    if len(sizes) != ndim:
+        msg = f"input shape {sizes} for layer {name!r} needs {ndim} spatial sizes"
+        raise ValueError(msg)
+    return sizes
+
+
+def _record_shapes(layers: Layers, shapes: dict[str, tuple[int, ...]]) -> list[Any]:
+    """Forward pre-hooks that store each layer's latest input spatial shape in ``shapes``."""
+
+    def recorder(name: str, ndim: int) -> Callable[..., None]:
+        def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
+            shapes[name] = tuple(args[0].shape[-ndim:])
+
+        return hook
+
+    return [layer.register_forward_pre_hook(recorder(name, _ndim(layer))) for name, layer in layers]
+
+
+def _strip(name: str) -> str:
+    return name.removeprefix("module.")
+
+
+def _resolve_shapes(
+    root: nn.Module,
+    layers: Layers,
+    input_shapes: Shapes | None,
+    example_input: Any = None,
+    recorded: Mapping[str, tuple[int, ...]] | None = None,
+) -> dict[str, tuple[int, ...]]:
+    """Each layer's input shape: given, else recorded during training, else from ``example_input``."""
+    shapes = {
+        name: _spatial(shape, _ndim(layer), name)
+        for name, layer in layers
+        for key, shape in (input_shapes or {}).items()
+        if _strip(key) == name
+    }
+    for name, shape in (recorded or {}).items():
+        shapes.setdefault(name, shape)
+    missing = [name for name, _ in layers if name not in shapes]
+    if missing and example_input is not None:
+        seen: dict[str, tuple[int, ...]] = {}
+        handles = _record_shapes([(n, la) for n, la in layers if n in missing], seen)
+        try:
+            with torch.no_grad():
+                root(*example_input) if isinstance(example_input, tuple) else root(example_input)
+        finally:
+            for handle in handles:
+                handle.remove()
+        shapes.update(seen)
+        missing = [name for name, _ in layers if name not in shapes]
+    if missing:
+        msg = (
+            f"no input shape for layer(s) {missing}: pass input_shapes={{name: spatial shape}} or "
+            "example_input (one forward pass records them)"
+        )
+        raise ValueError(msg)
+    return shapes
+
+
+def _project_all(
+    layers: Layers,
+    shapes: Mapping[str, tuple[int, ...]],
+    max_norm: float,
+    clip_options: Mapping[str, Any],
+) -> list[LayerReport]:
+    """Compute every layer's projection first, then write them all: an error leaves no layer changed."""
+    results = []
+    with torch.no_grad():
+        for name, layer in layers:
+            options = layer_options(layer, shapes[name])
+            new, info = clip_operator_norm(
+                layer.weight.detach(), shapes[name], max_norm, return_info=True, **options, **clip_options
+            )
+            results.append((name, layer, new, info))
+        for _, layer, new, _ in results:
+            layer.weight.copy_(new)
+    return [LayerReport(name, info.initial_norm, info.norm, info.iterations) for name, _, _, info in results]
+
+
+def clip_operator_norm_(
+    module: nn.Module,
+    max_norm: float,
+    *,
+    input_shapes: Shapes | None = None,
+    example_input: Any = None,
+    **clip_options: Any,
+) -> list[LayerReport]:
+    """Project every convolution of ``module`` onto an operator-norm ball, in place.
+
+    Each ``Conv1d/2d/3d`` and ``ConvTranspose1d/2d/3d`` is projected with
+    :func:`convsv.clip_operator_norm`, using the layer's own stride,
+    dilation, groups and padding: exact for ``padding_mode="circular"``; for
+    zero padding, the circular layer on the padded map is projected, which
+    bounds the zero-padded layer's norm.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model (or a ``DistributedDataParallel`` wrapping it).
+    max_norm : float
+        The bound on every layer's operator norm.
+    input_shapes : mapping, optional
+        Layer name (as in ``module.named_modules()``) to the spatial shape of
+        that layer's input (an int for every axis, or a tuple).
+    example_input : tensor or tuple of tensors, optional
+        An input for one forward pass (under ``torch.no_grad``) that records
+        the shapes ``input_shapes`` does not give.
+    **clip_options
+        ``method``, ``iterations``, ``tol``, ``min_norm``: as in
+        :func:`convsv.clip_operator_norm`.
+
+    Returns
+    -------
+    list of LayerReport
+        One per layer: name, norm before, norm after, steps taken (0-d
+        tensors; reading them synchronises a CUDA device, computing them
+        does not).
+
+    Raises
+    ------
+    ValueError
+        For a missing input shape, a non-positive or non-finite ``max_norm``,
+        a circular stride that does not divide the map, or an unsupported
+        padding mode, before any weight changes.
+    TypeError
+        For sharded (FSDP) parameters.
+
+    Notes
+    -----
+    Weights are written with ``copy_`` under ``torch.no_grad()``: each
+    parameter keeps its identity, dtype, device and ``requires_grad``, so
+    optimizers and ``DistributedDataParallel`` are unaffected. All layers are
+    computed before any is written. Under DDP every rank projects its own
+    (identical) replica and gets the same result; under FSDP the kernels are
+    sharded and this raises.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from convsv.torch import clip_operator_norm_
+    >>> model = torch.nn.Sequential(
+    ...     torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 3, stride=2, padding=1)
+    ... )
+    >>> report = clip_operator_norm_(
+    ...     model, 1.0, example_input=torch.zeros(1, 1, 16, 16),
+    ...     method="extrapolated", iterations=50, tol=1e-6,
+    ... )
+    >>> [(r.name, bool(r.norm_after <= 1 + 1e-6)) for r in report]
+    [('0', True), ('1', True)]
+    """
+    layers = list(conv_layers(module))
+    shapes = _resolve_shapes(module, layers, input_shapes, example_input)
+    return _project_all(layers, shapes, max_norm, clip_options)
+
+
+class OperatorNormClipper:
+    """Project a model's convolutions every ``every`` optimizer steps (the paper's schedule).
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model (or a ``DistributedDataParallel`` wrapping it).
+    max_norm : float
+        The bound on every layer's operator norm.
+    every : int, optional
+        Project after every ``every``-th optimizer step (default 100).
+    input_shapes : mapping, optional
+        Layer name to input spatial shape. Layers not given here are
+        measured from the model's own forward passes (forward pre-hooks
+        record each convolution's latest input shape).
+    example_input : tensor or tuple of tensors, optional
+        An input for one forward pass that records the shapes up front.
+    **clip_options
+        ``method``, ``iterations``, ``tol``, ``min_norm``: as in
+        :func:`convsv.clip_operator_norm`.
+
+    Attributes
+    ----------
+    steps : int
+        Optimizer steps seen since :meth:`attach`.
+    last_report : list of LayerReport
+        What the latest projection did (empty before the first).
+
+    Raises
+    ------
+    ValueError
+        For an unsupported layer (``padding_mode="reflect"``, say), a bad
+        ``every`` or a bad ``max_norm``, at construction.
+
+    See Also
+    --------
+    clip_operator_norm_ : One projection, now.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from convsv.torch import OperatorNormClipper
+    >>> model = torch.nn.Sequential(
+    ...     torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.Flatten(), torch.nn.Linear(64, 2)
+    ... )
+    >>> optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    >>> clipper = OperatorNormClipper(model, 1.0, every=2)
+    >>> handle = clipper.attach(optimizer)
+    >>> for _ in range(4):
+    ...     optimizer.zero_grad()
+    ...     model(torch.randn(8, 1, 4, 4)).square().mean().backward()
+    ...     optimizer.step()
+    >>> clipper.steps, [r.name for r in clipper.last_report]
+    (4, ['0'])
+    >>> handle.remove()
+    """
+
+    def __init__(
+        self,
+        module: nn.Module,
+        max_norm: float,
+        *,
+        every: int = 100,
+        input_shapes: Shapes | None = None,
+        example_input: Any = None,
+        **clip_options: Any,
+    ) -> None:
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            msg = f"`every` must be a positive int, got {every!r}"
+            raise ValueError(msg)
+        if (
+            isinstance(max_norm, bool)
+            or not isinstance(max_norm, (int, float))
+            or not 0 <= max_norm < float("inf")
+        ):
+            msg = f"`max_norm` must be a finite non-negative number, got {max_norm!r}"
+            raise ValueError(msg)
+        self.module, self.max_norm, self.every = module, max_norm, every
+        self.clip_options = clip_options
+        self.layers = list(conv_layers(module))
+        for _, layer in self.layers:  # refuse unsupported layers now, not mid-training
+            layer_options(layer)
+        self.input_shapes = dict(input_shapes or {})
+        self.recorded: dict[str, tuple[int, ...]] = {}
+        self._hooks = _record_shapes(self.layers, self.recorded)
+        if example_input is not None:
+            self.input_shapes.update(_resolve_shapes(module, self.layers, self.input_shapes, example_input))
+        self.steps = 0
+        self.last_report: list[LayerReport] = []
+
+    def __call__(self) -> list[LayerReport]:
+        """Project now; returns the per-layer report."""
+        shapes = _resolve_shapes(self.module, self.layers, self.input_shapes, recorded=self.recorded)
+        self.last_report = _project_all(self.layers, shapes, self.max_norm, self.clip_options)
+        return self.last_report
+
+    def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        self.steps += 1
+        if self.steps % self.every == 0:
+            self()
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Project after every ``every``-th ``optimizer.step()``; returns a handle with ``.remove()``."""
+        return optimizer.register_step_post_hook(self._after_step)
+
+    def remove(self) -> None:
+        """Stop recording input shapes (the hooks on the model's layers)."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+
+
+class OperatorNormParametrization(nn.Module):
+    """A ``torch.nn.utils.parametrize`` parametrization: the weight projected at every use.
+
+    Parameters
+    ----------
+    max_norm : float
+        The bound on the layer's operator norm.
+    input_shape : int or sequence of int
+        The layer's input spatial shape.
+    **options
+        Layer options (``layout``, ``stride``, ...) and projection options
+        (``method``, ``iterations``, ``tol``, ``min_norm``), as in
+        :func:`convsv.clip_operator_norm`.
+
+    See Also
+    --------
+    parametrize_operator_norm : Registers it on a layer, with the layer's own options.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from convsv.torch import OperatorNormParametrization
+    >>> p = OperatorNormParametrization(1.0, (8, 8), layout="OIHW")
+    >>> p(torch.ones(1, 1, 3, 3)).shape
+    torch.Size([1, 1, 3, 3])
+    """
+
+    def __init__(self, max_norm: float, input_shape: Any, **options: Any) -> None:
+        super().__init__()
+        self.max_norm, self.input_shape, self.options = max_norm, input_shape, options
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        """The projected weight (differentiable)."""
+        projected = clip_operator_norm(weight, self.input_shape, self.max_norm, **self.options)
+        assert isinstance(projected, torch.Tensor)  # (return_info is not among the options)
+        return projected
+
+
+def parametrize_operator_norm(
+    layer: nn.Module, max_norm: float, input_shape: Any, **clip_options: Any
+) -> nn.Module:
+    """Constrain a convolution's weight at every forward pass, differentiably.
+
+    Registers :class:`OperatorNormParametrization` on ``layer.weight`` with
+    the layer's own stride, dilation, groups and padding, like
+    ``torch.nn.utils.parametrizations.spectral_norm`` does for the reshaped
+    norm. Gradients flow through the projection (SVD backward).
+
+    Parameters
+    ----------
+    layer : torch.nn.Module
+        A ``Conv1d/2d/3d`` or ``ConvTranspose1d/2d/3d``.
+    max_norm : float
+        The bound on the layer's operator norm.
+    input_shape : int or sequence of int
+        The layer's input spatial shape.
+    **clip_options
+        ``method``, ``iterations``, ``tol``, ``min_norm``: as in
+        :func:`convsv.clip_operator_norm` (the default, one step of the
+        paper's projection, is the cheapest).
+
+    Returns
+    -------
+    torch.nn.Module
+        ``layer``, now parametrized; undo with
+        ``torch.nn.utils.parametrize.remove_parametrizations(layer, "weight")``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`layer_options` and :func:`convsv.clip_operator_norm`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import convsv
+    >>> from convsv.torch import parametrize_operator_norm
+    >>> conv = parametrize_operator_norm(
+    ...     torch.nn.Conv2d(4, 4, 3, padding=1, padding_mode="circular"), 1.0, 8,
+    ...     method="extrapolated", iterations=30, tol=1e-6,
+    ... )
+    >>> bool(convsv.operator_norm(conv.weight, 8, layout="OIHW") <= 1 + 1e-6)
+    True
+    """
+    input_shape = _spatial(input_shape, _ndim(_as_conv(layer)), "layer")
+    options = layer_options(layer, input_shape)
+    parametrization = OperatorNormParametrization(max_norm, input_shape, **options, **clip_options)
+    with torch.no_grad():  # fail now, not at the first forward pass
+        parametrization(layer.weight)
+    torch.nn.utils.parametrize.register_parametrization(layer, "weight", parametrization)
+    return layer
