@@ -1,4 +1,8 @@
-"""Collect the framework adapters' doctests only where their framework imports."""
+"""Collect the framework adapters' doctests and tests only where their framework imports.
+
+With ``CONVSV_REQUIRE_BACKENDS=1`` (set by nox) nothing is left out, so a
+broken install fails instead of passing as an empty run.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +18,11 @@ def _missing(module: str) -> bool:
 _KERAS_OK = not _missing("keras") and (
     os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow" or not _missing("tensorflow")
 )
+_AVAILABLE = {"torch": not _missing("torch"), "keras": _KERAS_OK, "optax": not _missing("optax")}
+_REQUIRED = os.environ.get("CONVSV_REQUIRE_BACKENDS") == "1"
 collect_ignore = [
     path
-    for path, ok in {
-        "src/convsv/torch.py": not _missing("torch"),
-        "src/convsv/keras.py": _KERAS_OK,
-        "src/convsv/optax.py": not _missing("optax"),
-    }.items()
-    if not ok
+    for name, ok in _AVAILABLE.items()
+    if not ok and not _REQUIRED
+    for path in (f"src/convsv/{name}.py", f"tests/adapters/test_{name}.py")
 ]

@@ -1,8 +1,10 @@
 """Test, lint, type-check and documentation sessions.
 
-``nox`` runs the default sessions: the test suite once per array backend
-(numpy, array_api_strict, torch, jax) on the CPU, ``lint``, ``typecheck`` and
-``docs``. ``nox -t gpu`` runs the GPU session in the current interpreter
+``nox`` runs the default sessions: the core test suite once per array
+backend (numpy, array_api_strict, torch, jax) on the CPU, the training
+adapters once per framework (``adapters-torch``, ``adapters-keras-jax``,
+``adapters-keras-torch``, ``adapters-keras-tensorflow``, ``adapters-optax``),
+``lint``, ``typecheck`` and ``docs``. ``nox -t gpu`` runs the GPU session in the current interpreter
 (for machines with CUDA, torch/jax/cupy preinstalled and no package index).
 """
 
@@ -33,7 +35,47 @@ def tests(session: nox.Session, backend: str) -> None:
     """The test suite on one CPU backend (the tests of the others are deselected)."""
     session.install(*BACKENDS[backend], "-e", ".[test]")
     # Two workers: the suite is single-threaded work (SVD batches, JAX compiles) on a 2-core CI.
-    session.run("pytest", "-n", "2", *session.posargs, env={**TEST_ENV, "CONVSV_BACKENDS": backend})
+    session.run(
+        "pytest",
+        "-n",
+        "2",
+        "--ignore=tests/adapters",
+        *session.posargs,
+        env={**TEST_ENV, "CONVSV_BACKENDS": backend},
+    )
+
+
+# Each adapter session: the framework(s) it needs, environment variables, and its tests and doctests.
+ADAPTERS = {
+    "torch": ([TORCH], {}, "torch"),
+    "keras-jax": (["jax", "keras>=3.5"], {"KERAS_BACKEND": "jax"}, "keras"),
+    "keras-torch": ([TORCH, "keras>=3.5"], {"KERAS_BACKEND": "torch"}, "keras"),
+    "keras-tensorflow": (["tensorflow-cpu==2.21.0", "keras>=3.5"], {"KERAS_BACKEND": "tensorflow"}, "keras"),
+    "optax": (["jax", "optax>=0.2.3", "flax>=0.10", "equinox>=0.11"], {}, "optax"),
+}
+
+
+def _adapter_session(name: str) -> None:
+    packages, env, module = ADAPTERS[name]
+
+    @nox.session(name=f"adapters-{name}")
+    def session(session: nox.Session) -> None:
+        session.install(*packages, "scikit-learn", "-e", ".[test]")
+        session.run(
+            "pytest",
+            "-n",
+            "2",
+            f"tests/adapters/test_{module}.py",
+            f"src/convsv/{module}.py",
+            *session.posargs,
+            env={**TEST_ENV, **env},
+        )
+
+    session.__doc__ = f"The {name} training adapter's tests and doctests."
+
+
+for _name in ADAPTERS:
+    _adapter_session(_name)
 
 
 @nox.session(venv_backend="none", default=False, tags=["gpu"])
@@ -58,8 +100,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def typecheck(session: nox.Session) -> None:
-    """Mypy, strict, on the package."""
-    session.install("-e", ".[typecheck]")
+    """Mypy, strict, on the package, with the frameworks the adapters import (their real types)."""
+    session.install(TORCH, "jax", "-e", ".[typecheck,keras,optax]")
     session.run("mypy")
 
 

@@ -1,0 +1,69 @@
+"""One rank of a multi-process run of the PyTorch adapter, started by ``test_torch.py``.
+
+``python torch_worker.py MODE RANK WORLD_SIZE INIT_FILE OUT_DIR``
+
+- ``ddp``: trains a small CNN wrapped in ``DistributedDataParallel`` (gloo, CPU),
+  each rank on its own batches, with an :class:`~convsv.torch.OperatorNormClipper`
+  attached every 2 steps; saves the final state dict to ``OUT_DIR/rank{RANK}.pt``.
+- ``fsdp``: shards the model with FSDP2's ``fully_shard`` and writes the error
+  :func:`~convsv.torch.clip_operator_norm_` raises to ``OUT_DIR/rank{RANK}.txt``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from convsv.torch import OperatorNormClipper, clip_operator_norm_
+
+
+def model() -> nn.Module:
+    torch.manual_seed(0)  # the same initial weights on every rank
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, stride=2, padding=1, groups=2),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 3),
+    )
+    with torch.no_grad():  # well above the bound, so every projection changes the weights
+        for layer in (net[0], net[2]):
+            layer.weight.mul_(5.0)
+    return net
+
+
+def main(mode: str, rank: int, world: int, init_file: str, out: Path) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        net = model()
+        if mode == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            fully_shard(net)
+            try:
+                clip_operator_norm_(net, 1.0, input_shapes={"0": 8, "2": 8})
+            except TypeError as error:
+                (out / f"rank{rank}.txt").write_text(str(error))
+            return
+        ddp = nn.parallel.DistributedDataParallel(net)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05)
+        clipper = OperatorNormClipper(ddp, 1.0, every=2, method="extrapolated", iterations=50, tol=1e-5)
+        clipper.attach(optimizer)
+        generator = torch.Generator().manual_seed(100 + rank)  # different data on each rank
+        for _ in range(6):
+            x = torch.randn(8, 1, 8, 8, generator=generator)
+            y = torch.randint(0, 3, (8,), generator=generator)
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(ddp(x), y).backward()
+            optimizer.step()
+        torch.save(net.state_dict(), out / f"rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], Path(sys.argv[5]))
