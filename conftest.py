@@ -1,7 +1,7 @@
 """Collect the framework adapters' doctests and tests only where their framework imports.
 
-With ``CONVSV_REQUIRE_BACKENDS=1`` (set by nox) nothing is left out, so a
-broken install fails instead of passing as an empty run.
+With ``CONVSV_REQUIRE_ADAPTERS=1`` (set by the nox adapter sessions) nothing
+is left out, so a broken install fails instead of passing as an empty run.
 """
 
 from __future__ import annotations
@@ -18,8 +18,12 @@ def _missing(module: str) -> bool:
 _KERAS_OK = not _missing("keras") and (
     os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow" or not _missing("tensorflow")
 )
-_AVAILABLE = {"torch": not _missing("torch"), "keras": _KERAS_OK, "optax": not _missing("optax")}
-_REQUIRED = os.environ.get("CONVSV_REQUIRE_BACKENDS") == "1"
+_AVAILABLE = {
+    "torch": not _missing("torch"),
+    "keras": _KERAS_OK,
+    "optax": not any(_missing(module) for module in ("optax", "flax", "equinox")),
+}
+_REQUIRED = os.environ.get("CONVSV_REQUIRE_ADAPTERS") == "1"
 collect_ignore = [
     path
     for name, ok in _AVAILABLE.items()

@@ -51,7 +51,11 @@ ADAPTERS = {
     "keras-jax": (["jax", "keras>=3.5"], {"KERAS_BACKEND": "jax"}, "keras"),
     "keras-torch": ([TORCH, "keras>=3.5"], {"KERAS_BACKEND": "torch"}, "keras"),
     "keras-tensorflow": (["tensorflow-cpu==2.21.0", "keras>=3.5"], {"KERAS_BACKEND": "tensorflow"}, "keras"),
-    "optax": (["jax", "optax>=0.2.3", "flax>=0.10", "equinox>=0.11"], {}, "optax"),
+    "optax": (
+        ["jax", "optax>=0.2.3", "flax>=0.10", "equinox>=0.11"],
+        {"JAX_DEFAULT_PRNG_IMPL": "rbg"},
+        "optax",
+    ),
 }
 
 
@@ -68,7 +72,8 @@ def _adapter_session(name: str) -> None:
             f"tests/adapters/test_{module}.py",
             f"src/convsv/{module}.py",
             *session.posargs,
-            env={**TEST_ENV, **env},
+            # One BLAS thread per xdist worker: two workers on two cores, not oversubscribed.
+            env={**TEST_ENV, **env, "CONVSV_REQUIRE_ADAPTERS": "1", "OMP_NUM_THREADS": "1"},
         )
 
     session.__doc__ = f"The {name} training adapter's tests and doctests."
@@ -101,14 +106,17 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """Mypy, strict, on the package, with the frameworks the adapters import (their real types)."""
-    session.install(TORCH, "jax", "-e", ".[typecheck,keras,optax]")
+    session.install(TORCH, "jax", "flax>=0.10", "equinox>=0.11", "-e", ".[typecheck,keras,optax]")
     session.run("mypy")
 
 
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the documentation with warnings as errors, and run its examples and the README's."""
-    session.install(TORCH, "jax", "-e", ".[docs,test]")
-    session.run("sphinx-build", "-W", "--keep-going", "-n", "-b", "html", "docs", "docs/_build/html")
+    # The API pages import the adapters, so their frameworks are installed too (Keras on JAX).
+    session.install(TORCH, "jax", "keras>=3.5", "optax>=0.2.3", "flax>=0.10", "equinox>=0.11")
+    session.install("-e", ".[docs,test]")
+    env = {**TEST_ENV, "KERAS_BACKEND": "jax"}
+    session.run("sphinx-build", "-W", "--keep-going", "-n", "-b", "html", "docs", "docs/_build/html", env=env)
     pages = sorted(str(page) for page in Path("docs").glob("*.md"))
-    session.run("pytest", "README.md", *pages, "-p", "no:cacheprovider", env=TEST_ENV)
+    session.run("pytest", "README.md", *pages, "-p", "no:cacheprovider", env=env)

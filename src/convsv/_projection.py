@@ -18,6 +18,7 @@ steps; Dykstra's algorithm converges to the nearest point of ``B ∩ S``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -66,6 +67,14 @@ def _bound(value: object, name: str) -> float:
         msg = f"`{name}` must be finite and non-negative, got {number}"
         raise ValueError(msg)
     return number
+
+
+def positive_bound(value: object, name: str = "max_norm") -> float:
+    """A finite, strictly positive bound: what the training adapters accept (zero would erase a layer)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < math.inf:
+        msg = f"`{name}` must be a finite positive number, got {value!r}"
+        raise ValueError(msg)
+    return float(value)
 
 
 def _check_bounds(max_norm: object, min_norm: object) -> tuple[float, float | None]:

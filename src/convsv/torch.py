@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ._projection import clip_operator_norm
+from ._projection import clip_operator_norm, positive_bound
 
 __all__ = [
     "LayerReport",
@@ -352,6 +352,7 @@ def clip_operator_norm_(
     >>> [(r.name, bool(r.norm_after <= 1 + 1e-5)) for r in report]
     [('0', True), ('1', True)]
     """
+    max_norm = positive_bound(max_norm)
     layers = list(conv_layers(module))
     shapes = _resolve_shapes(module, layers, input_shapes, example_input)
     return _project_all(layers, shapes, max_norm, clip_options)
@@ -427,14 +428,7 @@ class OperatorNormClipper:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             msg = f"`every` must be a positive int, got {every!r}"
             raise ValueError(msg)
-        if (
-            isinstance(max_norm, bool)
-            or not isinstance(max_norm, (int, float))
-            or not 0 <= max_norm < float("inf")
-        ):
-            msg = f"`max_norm` must be a finite non-negative number, got {max_norm!r}"
-            raise ValueError(msg)
-        self.module, self.max_norm, self.every = module, max_norm, every
+        self.module, self.max_norm, self.every = module, positive_bound(max_norm), every
         self.clip_options = clip_options
         self.layers = list(conv_layers(module))
         for _, layer in self.layers:  # refuse unsupported layers now, not mid-training
@@ -459,7 +453,18 @@ class OperatorNormClipper:
             self()
 
     def attach(self, optimizer: torch.optim.Optimizer) -> Any:
-        """Project after every ``every``-th ``optimizer.step()``; returns a handle with ``.remove()``."""
+        """Project after every ``every``-th ``optimizer.step()``.
+
+        Parameters
+        ----------
+        optimizer : torch.optim.Optimizer
+            The optimizer whose steps are counted.
+
+        Returns
+        -------
+        torch.utils.hooks.RemovableHandle
+            ``handle.remove()`` detaches the clipper from the optimizer.
+        """
         return optimizer.register_step_post_hook(self._after_step)
 
     def remove(self) -> None:
@@ -498,7 +503,7 @@ class OperatorNormParametrization(nn.Module):
 
     def __init__(self, max_norm: float, input_shape: Any, **options: Any) -> None:
         super().__init__()
-        self.max_norm, self.input_shape, self.options = max_norm, input_shape, options
+        self.max_norm, self.input_shape, self.options = positive_bound(max_norm), input_shape, options
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """The projected weight (differentiable)."""

@@ -206,6 +206,7 @@ def _unchanged_after(error, match, shapes, extra=None, max_norm=1.0):
 def test_errors_come_before_any_weight_changes():
     _unchanged_after(ValueError, r"no input shape for layer\(s\) \['4'\]", {"0": 8, "2": 8})
     _unchanged_after(ValueError, "max_norm", SHAPES, max_norm=-1.0)
+    _unchanged_after(ValueError, "`max_norm` must be a finite positive number", SHAPES, max_norm=0.0)
     _unchanged_after(ValueError, "needs 2 spatial sizes", {**SHAPES, "2": (8,)})
     reflect = nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")
     _unchanged_after(ValueError, "padding_mode='reflect'", {**SHAPES, "5": 8}, extra=(5, reflect))
@@ -220,7 +221,7 @@ def test_clipper_projects_every_nth_step_and_detaches():
     optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # the weights change only by projection
     with pytest.raises(ValueError, match="`every` must be a positive int"):
         OperatorNormClipper(net, 1.0, every=0)
-    with pytest.raises(ValueError, match="`max_norm` must be a finite non-negative number"):
+    with pytest.raises(ValueError, match="`max_norm` must be a finite positive number"):
         OperatorNormClipper(net, float("nan"))
     clipper = OperatorNormClipper(net, 1.0, every=3, **CLIP)
     handle = clipper.attach(optimizer)
