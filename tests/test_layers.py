@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -489,3 +490,36 @@ def test_option_errors(backend, options, error, match):
             function(kernel, (8, 8), **options)
     with pytest.raises(error, match=match):
         convsv.clip_operator_norm(kernel, (8, 8), 1.0, **options)
+
+
+DATA = Path(__file__).with_name("data")
+
+
+def test_zero_padded_norm_with_clustered_top_singular_values(backend):
+    # A projected (3, 3, 1, 8) kernel whose "same"-padded layer on 8x8 has its two largest singular
+    # values 5.6e-5 apart: a Ritz value that only stops moving lands between them (4.4e-5 low).
+    kernel = np.load(DATA / "clustered_top_singular_values_hwio.npy")
+    pads = ((1, 1), (1, 1))
+    expected = np.linalg.svd(
+        general_dense(kernel, (8, 8), stride=(1, 1), dilation=(1, 1), groups=1, pads=pads), compute_uv=False
+    )
+    assert expected[0] - expected[1] < 1e-4  # the layer is the hard case it claims to be
+    dtype = backend.default_float
+    norm = convsv.operator_norm(backend.asarray(kernel, dtype), (8, 8), padding="same")  # default tol
+    np.testing.assert_allclose(
+        backend.check(norm, dtype), expected[0], rtol=1e-6 if dtype == "float64" else 2e-5
+    )
+
+
+def test_zero_padded_norm_of_a_rank_deficient_layer(backend):
+    # A constant kernel at stride 2: the layer has rank far below its size, so the bidiagonalisation
+    # breaks down; float32 round-off must not be normalised into an overflow (warnings are errors).
+    kernel = np.full((3, 3, 1, 4), 0.1)
+    pads = ((0, 1), (0, 1))  # TensorFlow's "same" at stride 2 on 8
+    expected = np.linalg.svd(
+        general_dense(kernel, (8, 8), stride=(2, 2), dilation=(1, 1), groups=1, pads=pads), compute_uv=False
+    )
+    for dtype in {"float32", backend.default_float}:
+        k = backend.asarray(kernel, dtype)
+        norm = convsv.operator_norm(k, (8, 8), stride=2, padding="same")
+        np.testing.assert_allclose(backend.check(norm, dtype), expected[0], rtol=1e-5)

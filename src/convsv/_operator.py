@@ -251,8 +251,10 @@ def lanczos_norm(layer: PaddedLayer, *, tol: float, cycle: int, cycles: int) -> 
 
     Each cycle runs ``cycle`` steps of bidiagonalisation with full
     reorthogonalisation from the previous cycle's top right Ritz vector, and
-    stops once the Ritz value moved by at most ``tol`` (relative) in the
-    cycle's last step. Returns ``(ritz value, ritz vector, cycles run)``; the
+    stops once the Ritz triplet's residual is at most ``tol`` times the Ritz
+    value: then a singular value lies within that distance. (A Ritz value that
+    merely stopped moving can sit between two close singular values, 5e-5
+    away from both.) Returns ``(ritz value, ritz vector, cycles run)``; the
     Ritz value never exceeds the true norm.
     """
     xp, spec = layer.xp, layer.spec
@@ -270,9 +272,13 @@ def lanczos_norm(layer: PaddedLayer, *, tol: float, cycle: int, cycles: int) -> 
         return xp.reshape(layer.adjoint(xp.reshape(u, (*spec.conv_output, spec.out_channels))), (-1,))
 
     rows = xp.arange(k, device=device)
+    breakdown = 64 * xp.finfo(dtype).eps
 
-    def bidiagonalize(v0: Array) -> tuple[Array, Array, Array]:
-        """``k`` steps from unit ``v0``: the right basis ``(k, n_in)`` and the bidiagonal's entries."""
+    def bidiagonalize(v0: Array) -> tuple[Array, Array, Array, Array]:
+        """``k`` steps from unit ``v0``: right basis ``(k, n_in)``, bidiagonal entries, next beta.
+
+        The next beta, the norm of the right vector that would come next, scales the residual.
+        """
         u = forward(v0)
         alpha0 = xp.linalg.vector_norm(u)
         # alpha0 = 0 for a layer that reads only zeros: keep u = 0 rather than NaN.
@@ -285,12 +291,17 @@ def lanczos_norm(layer: PaddedLayer, *, tol: float, cycle: int, cycles: int) -> 
         def step(state: tuple[Array, ...]) -> tuple[Array, ...]:
             j, v, u, basis_v, basis_u, alphas, betas = state
             alpha = xp.sum(xp.where(rows == j, alphas, 0 * alphas))
+            # Below round-off of the largest entry so far the direction is noise (a breakdown on a
+            # rank-deficient layer): make it exactly zero, or normalising it overflows in float32.
+            floor = breakdown * xp.max(alphas)
             w = _orthogonalize(backward(u) - xp.astype(alpha, dtype) * v, basis_v, xp)
             beta = xp.linalg.vector_norm(w)
-            v = w / xp.where(beta > 0, beta, xp.ones_like(beta))
+            beta = xp.where(beta > floor, beta, 0 * beta)
+            v = w / xp.where(beta > 0, beta, xp.ones_like(beta)) * xp.astype(beta > 0, dtype)
             u = _orthogonalize(forward(v) - xp.astype(beta, dtype) * u, basis_u, xp)
             alpha = xp.linalg.vector_norm(u)
-            u = u / xp.where(alpha > 0, alpha, xp.ones_like(alpha))
+            alpha = xp.where(alpha > floor, alpha, 0 * alpha)
+            u = u / xp.where(alpha > 0, alpha, xp.ones_like(alpha)) * xp.astype(alpha > 0, dtype)
             nxt = rows == j + 1
             basis_v = xp.where(nxt[:, None], v[None, :], basis_v)
             basis_u = xp.where(nxt[:, None], u[None, :], basis_u)
@@ -299,27 +310,28 @@ def lanczos_norm(layer: PaddedLayer, *, tol: float, cycle: int, cycles: int) -> 
             return j + 1, v, u, basis_v, basis_u, alphas, betas
 
         start = (xp.asarray(0, device=device), v0, u, basis_v, basis_u, alphas, betas)
-        _, _, _, basis_v, _, alphas, betas = repeat(step, start, k - 1)
-        return basis_v, alphas, betas
+        _, v, u, basis_v, _, alphas, betas = repeat(step, start, k - 1)
+        # A^T U_k = V_k B^T + beta_k v_{k+1} e_k^T: beta_k is the norm of the next direction.
+        alpha = alphas[k - 1]
+        beta = xp.linalg.vector_norm(_orthogonalize(backward(u) - xp.astype(alpha, dtype) * v, basis_v, xp))
+        return basis_v, alphas, betas, beta
 
-    def ritz(basis_v: Array, alphas: Array, betas: Array, size: int) -> tuple[Array, Array]:
-        """Top singular value and right singular vector of the leading ``size`` x ``size`` bidiagonal."""
-        keep = rows < size
-        diag = xp.where(keep, alphas, 0 * alphas)
-        upper = xp.where(rows < size - 1, betas, 0 * betas)
+    def ritz(basis_v: Array, alphas: Array, betas: Array) -> tuple[Array, Array, Array]:
+        """Top singular value, right singular vector and last left-vector entry of the bidiagonal."""
+        upper = xp.where(rows < k - 1, betas, 0 * betas)
         zeros = xp.zeros((k, k), dtype=alphas.dtype, device=device)
         on_upper = xp.where(rows[None, :] == rows[:, None] + 1, upper[:, None], zeros)
-        bidiagonal = xp.where(rows[:, None] == rows[None, :], diag[:, None], on_upper)
-        _, s, vh = xp.linalg.svd(bidiagonal)
+        bidiagonal = xp.where(rows[:, None] == rows[None, :], alphas[:, None], on_upper)
+        u, s, vh = xp.linalg.svd(bidiagonal)
         q = xp.astype(xp.conj(vh[0, :]), dtype)
-        return s[0], q @ basis_v
+        return s[0], q @ basis_v, u[k - 1, 0]
 
     def cycle_step(state: tuple[Array, Array, Array, Array]) -> tuple[Array, Array, Array, Array]:
         v, _, count, _ = state
-        basis_v, alphas, betas = bidiagonalize(v)
-        value, vector = ritz(basis_v, alphas, betas, k)
-        previous, _ = ritz(basis_v, alphas, betas, k - 1)
-        settled = (value - previous) <= tol * value
+        basis_v, alphas, betas, beta = bidiagonalize(v)
+        value, vector, last = ritz(basis_v, alphas, betas)
+        # ||A^T u - value v|| = beta_k |p_k|, and A v = value u exactly: a singular value lies this close.
+        settled = beta * xp.abs(last) <= tol * value
         vector = vector / xp.linalg.vector_norm(vector)
         return vector, value, count + 1, settled
 
