@@ -26,7 +26,10 @@ BACKENDS = {
     "torch": [TORCH],
     "jax": ["jax"],
 }
-TEST_ENV = {"CONVSV_REQUIRE_BACKENDS": "1", "HYPOTHESIS_PROFILE": "ci"}
+# One BLAS thread per process: the suites run two xdist workers on two cores, and two
+# multi-threaded SVDs per core were measured 5x slower than one thread each.
+THREADS = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
+TEST_ENV = {"CONVSV_REQUIRE_BACKENDS": "1", "HYPOTHESIS_PROFILE": "ci", **THREADS}
 
 
 @nox.session
@@ -72,8 +75,7 @@ def _adapter_session(name: str) -> None:
             f"tests/adapters/test_{module}.py",
             f"src/convsv/{module}.py",
             *session.posargs,
-            # One BLAS thread per xdist worker: two workers on two cores, not oversubscribed.
-            env={**TEST_ENV, **env, "CONVSV_REQUIRE_ADAPTERS": "1", "OMP_NUM_THREADS": "1"},
+            env={**TEST_ENV, **env, "CONVSV_REQUIRE_ADAPTERS": "1"},
         )
 
     session.__doc__ = f"The {name} training adapter's tests and doctests."
