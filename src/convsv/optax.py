@@ -730,6 +730,34 @@ def _plain(path: KeyPath) -> tuple[Any, ...]:
     return tuple(_key(entry) for entry in path)
 
 
+def _options_from_call(
+    cls: type,
+    spatial: Callable[[Any, Any], tuple[int, ...]],
+    call: Callable[[], Any],
+    paths: dict[int, tuple[Any, ...]],
+    weight: str,
+    separator: str,
+) -> dict[tuple[Any, ...], Conv]:
+    """Each ``cls`` layer's :class:`Conv` from the inputs ``call()`` gives it, by parameter path.
+
+    ``paths`` maps ``id(layer)`` to the layer's path in the model; the key of
+    each result is that path plus the kernel's attribute name ``weight``.
+    """
+    with _recording(cls, spatial) as seen:
+        call()
+    found: dict[tuple[Any, ...], Conv] = {}
+    for path_id, path in paths.items():
+        if path_id in seen:
+            layer, shape = seen[path_id]
+            key = (*path, weight)
+            found[key] = layer_options(layer, shape, name=separator.join(map(str, path)))
+    unseen = sorted(separator.join(map(str, p)) for i, p in paths.items() if i not in seen)
+    if unseen:
+        msg = f"Conv layer(s) {unseen} were not called by model(example_input): no input shape for them"
+        raise ValueError(msg)
+    return found
+
+
 def nnx_input_shapes(model: Any, example_input: Any, *, wrt: Any = None) -> Any:
     """The ``input_shapes`` tree of a Flax NNX model, from one example input.
 
@@ -780,17 +808,16 @@ def nnx_input_shapes(model: Any, example_input: Any, *, wrt: Any = None) -> Any:
     def forward(module: Any, inputs: Any) -> None:
         graph = nnx.iter_graph(module)
         paths = {id(node): _plain(path) for path, node in graph if isinstance(node, nnx.Conv)}
-        with _recording(nnx.Conv, lambda layer, x: tuple(x.shape[-len(layer.kernel_size) - 1 : -1])) as seen:
-            module(inputs)
-        for path_id, path in paths.items():
-            if path_id in seen:
-                layer, shape = seen[path_id]
-                key = (*path, "kernel")
-                found[key] = layer_options(layer, shape, name="/".join(map(str, path)))
-        unseen = sorted("/".join(map(str, p)) for i, p in paths.items() if i not in seen)
-        if unseen:
-            msg = f"Conv layer(s) {unseen} were not called by model(example_input): no input shape for them"
-            raise ValueError(msg)
+        found.update(
+            _options_from_call(
+                nnx.Conv,
+                lambda layer, x: tuple(x.shape[-len(layer.kernel_size) - 1 : -1]),
+                lambda: module(inputs),
+                paths,
+                "kernel",
+                "/",
+            )
+        )
 
     nnx.eval_shape(forward, model, example_input)
     params = nnx.as_pure(nnx.state(model, wrt))
@@ -854,17 +881,11 @@ def equinox_input_shapes(model: Any, example_input: Any, *, params: Any = None) 
     def forward(module: Any, inputs: Any) -> None:
         layers = jax.tree_util.tree_flatten_with_path(module, is_leaf=is_conv)[0]
         paths = {id(node): _plain(path) for path, node in layers if is_conv(node)}
-        with _recording(eqx.nn.Conv, lambda _, x: tuple(x.shape[1:])) as seen:
-            module(inputs)
-        for path_id, path in paths.items():
-            if path_id in seen:
-                layer, shape = seen[path_id]
-                key = (*path, "weight")
-                found[key] = layer_options(layer, shape, name=".".join(map(str, path)))
-        unseen = sorted(".".join(map(str, p)) for i, p in paths.items() if i not in seen)
-        if unseen:
-            msg = f"Conv layer(s) {unseen} were not called by model(example_input): no input shape for them"
-            raise ValueError(msg)
+        found.update(
+            _options_from_call(
+                eqx.nn.Conv, lambda _, x: tuple(x.shape[1:]), lambda: module(inputs), paths, "weight", "."
+            )
+        )
 
     eqx.filter_eval_shape(forward, model, example_input)
     params = eqx.filter(model, eqx.is_array) if params is None else params
