@@ -5,7 +5,8 @@ backend (numpy, array_api_strict, torch, jax) on the CPU, the training
 adapters once per framework (``adapters-torch``, ``adapters-keras-jax``,
 ``adapters-keras-torch``, ``adapters-keras-tensorflow``, ``adapters-optax``),
 ``lint``, ``typecheck`` and ``docs``. ``nox -t gpu`` runs the GPU session in the current interpreter
-(for machines with CUDA, torch/jax/cupy preinstalled and no package index).
+(for machines with CUDA, torch/jax/cupy preinstalled and no package index). ``nox -s bench`` runs the
+benchmarks (not a default session; ``nox -s bench -- --quick`` for a smoke run).
 """
 
 from __future__ import annotations
@@ -95,6 +96,20 @@ def tests_gpu(session: nox.Session) -> None:
         *session.posargs,
         env={**TEST_ENV, "CONVSV_REQUIRE_GPU": "1", "CONVSV_REQUIRE_BACKENDS": "0"},
     )
+
+
+@nox.session(default=False)
+def bench(session: nox.Session) -> None:
+    """The benchmarks (benchmarks/README.md); arguments after ``--`` go to benchmarks/run.py."""
+    session.install(TORCH, "numpy", "matplotlib", "threadpoolctl", "-e", ".")
+    session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session(name="bench-smoke")
+def bench_smoke(session: nox.Session) -> None:
+    """The benchmarks' ``--quick`` run, checked for complete, sane output (not for speed)."""
+    session.install(TORCH, "numpy", "matplotlib", "pytest", "-e", ".")
+    session.run("pytest", "-p", "no:randomly", "benchmarks/test_quick_run.py", env=THREADS)
 
 
 @nox.session

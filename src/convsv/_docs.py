@@ -37,8 +37,22 @@ LAYER_PARAMETERS = """\
 """
 
 
+MEMORY_PARAMETERS = """\
+    chunk_size : int, optional
+        Circular padding: compute at most this many frequencies' matrices at
+        once (rounded down to whole rows of the first spatial axis, at least
+        one row). Default: no limit but ``max_memory``.
+    max_memory : int, optional
+        Circular padding: about how many bytes the frequency matrices in
+        flight may take (with the decomposition's copies), again in whole
+        rows of the first spatial axis. Default ``2**30`` (1 GiB); ``None``
+        for no limit. Results do not depend on either option.
+"""
+
+
 def fill_layer_doc(func: F) -> F:
-    """Put :data:`LAYER_PARAMETERS` where a docstring says ``{layer_parameters}``."""
+    """Fill a docstring's ``{layer_parameters}`` and ``{memory_parameters}`` with the shared texts."""
     if func.__doc__:  # None under python -OO
-        func.__doc__ = func.__doc__.replace("    {layer_parameters}\n", LAYER_PARAMETERS)
+        doc = func.__doc__.replace("    {layer_parameters}\n", LAYER_PARAMETERS)
+        func.__doc__ = doc.replace("    {memory_parameters}\n", MEMORY_PARAMETERS)
     return func

@@ -8,9 +8,18 @@ from typing import Any
 
 from ._docs import fill_layer_doc
 from ._layout import ConvSpec, parse
-from ._lib import Array, Namespace, zero_d
+from ._lib import Array, Namespace, device_of, full_precision, on_accelerator, pad_axis, zero_d
 from ._operator import forward_matrix, padded_norm
-from ._spectrum import layer_blocks, matrix_singular_values, spectrum_rows
+from ._spectrum import (
+    blocks_by_rows,
+    gram_iteration_bounds,
+    grouped,
+    matrix_singular_values,
+    mirror_rows,
+    power_iteration_norm,
+    spectrum_rows,
+    top_singular_values,
+)
 
 #: Largest dense matrix (entries) whose SVD :func:`singular_values` computes for zero padding.
 MAX_DENSE_SVD = 2**24
@@ -19,23 +28,102 @@ MAX_DENSE_SVD = 2**24
 LANCZOS_CYCLE = 32
 
 
-def _circular_norm(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
-    """Exact norm of the circular layer on ``spec.grid``: the largest block singular value."""
-    return zero_d(xp.max(matrix_singular_values(layer_blocks(kernel, spec, xp), xp)), xp)
+#: Ways to compute the circular layer's norm (see :func:`operator_norm`).
+NORM_METHODS = ("auto", "svd", "eigh", "gram", "power")
+
+#: Default bound on the memory the per-frequency blocks take at once (bytes).
+DEFAULT_MAX_MEMORY = 2**30
+
+#: Most squarings of the Gram iteration: beyond ~30 the bound no longer moves in float64.
+MAX_GRAM_STEPS = 30
 
 
-def _lanczos_options(tol: float | None, iterations: int, dtype: Any, xp: Namespace) -> dict[str, Any]:
+def check_chunking(chunk_size: object, max_memory: object) -> None:
+    """Validate the memory options shared by every public function."""
+    for name, value in (("chunk_size", chunk_size), ("max_memory", max_memory)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            msg = f"`{name}` must be None or a positive int, got {value!r}"
+            raise ValueError(msg)
+
+
+def _tolerance(tol: float | None, dtype: Any, xp: Namespace) -> float:
     if tol is None:
-        tol = 1e-6 if dtype in (xp.float64, xp.complex128) else 1e-5
+        return 1e-6 if dtype in (xp.float64, xp.complex128) else 1e-5
     if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
         msg = f"`tol` must be a number in [0, 1), got {tol!r}"
         raise ValueError(msg)
+    return float(tol)
+
+
+def _pointwise(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array | None:
+    """A 1x1 kernel's ``(G, in/G, out/G)`` channel matrices, else None.
+
+    Its matrix is the same ``W`` at every frequency, and a stride stacks
+    ``prod(stride)`` copies of it scaled by ``1/sqrt(prod(stride))``, so every
+    block has the singular values of ``W`` (padded with zeros to the block's
+    size): one small SVD instead of one per frequency.
+    """
+    if any(k != 1 for k in spec.kernel_size):
+        return None
+    return grouped(kernel, spec, xp)[(*(0,) * spec.ndim, ...)]
+
+
+def circular_norm(
+    kernel: Array,
+    spec: ConvSpec,
+    xp: Namespace,
+    *,
+    method: str = "auto",
+    tol: float | None = None,
+    iterations: int = 640,
+    chunk_size: int | None = None,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
+) -> Array:
+    """Norm of the circular layer on ``spec.grid``: the largest block singular value, chunk by chunk."""
+    if method not in NORM_METHODS:
+        msg = f"`method` must be one of {NORM_METHODS}, got {method!r}"
+        raise ValueError(msg)
+    tolerance = _tolerance(tol, kernel.dtype, xp)
+    _check_iterations(iterations)
+    check_chunking(chunk_size, max_memory)
+    if method == "auto":  # measured: gram 65-270x the two-liner on an H200, eigh 10x; eigh fastest on CPUs
+        method = "gram" if on_accelerator(kernel) else "eigh"
+    best: Array | None = None
+    pointwise = _pointwise(kernel, spec, xp)
+    chunks = (
+        [(None, pointwise)]
+        if pointwise is not None
+        else blocks_by_rows(kernel, spec, xp, chunk_size, max_memory)
+    )
+    for _, blocks in chunks:
+        if method == "svd":
+            value = xp.max(matrix_singular_values(blocks, xp))
+        elif method == "eigh":
+            value = xp.max(top_singular_values(blocks, xp))
+        elif method == "power":
+            value = power_iteration_norm(blocks, tolerance, iterations, xp)
+        else:
+            floor = (
+                xp.zeros((), dtype=xp.real(blocks).dtype, device=device_of(blocks)) if best is None else best
+            )
+            _, value = gram_iteration_bounds(blocks, floor, tolerance, min(iterations, MAX_GRAM_STEPS), xp)
+        best = value if best is None else xp.maximum(best, value)
+    return zero_d(best, xp)
+
+
+def _check_iterations(iterations: object) -> None:
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
         msg = f"`iterations` must be a positive int, got {iterations!r}"
         raise ValueError(msg)
+
+
+def _lanczos_options(tol: float | None, iterations: int, dtype: Any, xp: Namespace) -> dict[str, Any]:
+    tol = _tolerance(tol, dtype, xp)
+    _check_iterations(iterations)
     return {"tol": float(tol), "cycle": LANCZOS_CYCLE, "cycles": -(-iterations // LANCZOS_CYCLE)}
 
 
+@full_precision
 @fill_layer_doc
 def singular_values(
     kernel: Array,
@@ -48,6 +136,8 @@ def singular_values(
     transposed: bool = False,
     padding: str | int | Sequence[Any] = "circular",
     output_padding: int | Sequence[int] = 0,
+    chunk_size: int | None = None,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
     xp: Namespace | None = None,
 ) -> Array:
     """Exact singular values of a convolutional layer.
@@ -79,6 +169,7 @@ def singular_values(
         in PyTorch. With groups, "in" is ``in_channels / groups``. Default
         ``"HWIO"``.
     {layer_parameters}
+    {memory_parameters}
     xp : array namespace, optional
         Namespace to use; inferred from ``kernel`` when omitted. When given,
         ``kernel`` is first converted with ``xp.asarray``.
@@ -120,10 +211,16 @@ def singular_values(
 
     Notes
     -----
-    Cost (circular): one FFT of the kernel onto the feature map and one SVD
-    per output frequency of a ``(prod(stride) c_in / groups) x (c_out / groups)``
-    matrix per group, against ``O((c N)^3)`` for the dense matrix. A depthwise
-    layer's matrices have one row or column: their norms, no SVD.
+    Cost (circular): one transform of the kernel onto the feature map and one
+    SVD per output frequency of a ``(prod(stride) c_in / groups) x (c_out / groups)``
+    matrix per group, against ``O((c N)^3)`` for the dense matrix. For a real
+    kernel only half the frequencies are decomposed: the matrix at ``-f`` is
+    the conjugate of the one at ``f`` (rows permuted under a stride), with the
+    same singular values, which fill in the other half. The frequencies are
+    processed a few rows at a time (see ``max_memory``); on the CPU (NumPy,
+    PyTorch) the SVDs of a chunk are split across one thread per core, each
+    with one BLAS thread. A depthwise layer's matrices have one row or
+    column: their norms, no SVD.
 
     Non-finite kernels: a NaN or infinite tap reaches every frequency, so every
     singular value is NaN. The NaN is propagated, not raised, so the function
@@ -171,8 +268,21 @@ def singular_values(
         padding=padding,
         output_padding=output_padding,
     )
+    check_chunking(chunk_size, max_memory)
     if spec.circular:
-        return spectrum_rows(matrix_singular_values(layer_blocks(k, spec, xp), xp), spec, xp)
+        pointwise = _pointwise(k, spec, xp)
+        if pointwise is not None:
+            values = matrix_singular_values(pointwise, xp)  # (G, min(i, o))
+            rank = min(spec.phases * spec.group_in, spec.group_out)
+            values = pad_axis(values, 1, 0, rank - values.shape[1], xp)
+            values = xp.broadcast_to(values, (*spec.freq_grid, *values.shape))
+            return spectrum_rows(values, spec, xp)
+        chunks = [
+            matrix_singular_values(blocks, xp)
+            for _, blocks in blocks_by_rows(k, spec, xp, chunk_size, max_memory)
+        ]
+        values = xp.concat(chunks, axis=0) if len(chunks) > 1 else chunks[0]
+        return spectrum_rows(mirror_rows(values, spec, xp), spec, xp)
     entries = spec.out_channels * math.prod(spec.conv_output) * spec.in_channels * math.prod(spec.conv_input)
     if entries > MAX_DENSE_SVD:
         msg = (
@@ -184,6 +294,7 @@ def singular_values(
     return matrix_singular_values(forward_matrix(k, spec, xp), xp)
 
 
+@full_precision
 @fill_layer_doc
 def operator_norm(
     kernel: Array,
@@ -196,8 +307,11 @@ def operator_norm(
     transposed: bool = False,
     padding: str | int | Sequence[Any] = "circular",
     output_padding: int | Sequence[int] = 0,
+    method: str = "auto",
     tol: float | None = None,
     iterations: int = 640,
+    chunk_size: int | None = None,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
     xp: Namespace | None = None,
 ) -> Array:
     """Operator norm (largest singular value) of a convolutional layer.
@@ -216,12 +330,25 @@ def operator_norm(
     layout : {"HWIO", "OIHW", "WIO", "OIW", "DHWIO", "OIDHW"}, optional
         Order of the kernel's axes. Default ``"HWIO"``.
     {layer_parameters}
+    method : {"auto", "svd", "eigh", "gram", "power"}, optional
+        Circular padding: how each frequency's largest singular value is
+        found. ``"svd"``: singular values of every matrix. ``"eigh"``: the
+        largest eigenvalue of each matrix's smaller Gram matrix, the same
+        value to round-off and cheaper. ``"gram"``: Gram iteration (repeated
+        squaring), a certified upper bound, stopped once it is within
+        ``tol`` of a norm the layer attains, so ``norm <= value <= norm (1 +
+        tol)`` (up to round-off). ``"power"``: batched power iteration
+        without forming any Gram matrix; an estimate from below that stops
+        when it moves by at most ``tol`` in a step (not certified).
+        ``"auto"`` (default) is ``"gram"`` on a GPU and ``"eigh"`` elsewhere.
     tol : float, optional
-        Zero padding only: stop the iteration once the estimate moves by at
-        most ``tol`` (relative) in a step. Default ``1e-6`` in float64,
-        ``1e-5`` in float32.
+        Zero padding: the Lanczos iteration's relative accuracy (see Notes).
+        Circular padding with ``"gram"`` or ``"power"``: their stopping
+        tolerance. Default ``1e-6`` in float64, ``1e-5`` in float32.
     iterations : int, optional
-        Zero padding only: the most Lanczos steps (default 640).
+        The most Lanczos steps (zero padding), power steps, or Gram
+        squarings (at most 30 are used). Default 640.
+    {memory_parameters}
     xp : array namespace, optional
         Namespace to use; inferred from ``kernel`` when omitted.
 
@@ -249,8 +376,15 @@ def operator_norm(
     Zero padding: Golub-Kahan-Lanczos bidiagonalisation with full
     reorthogonalisation, restarted every 32 steps from its best vector,
     applying the layer and its adjoint by FFT on the zero-padded map. Its
-    estimate never exceeds the norm; it stops when a step moves it by at most
-    ``tol``, which on 3x3 layers took 30 to 100 steps for ``1e-6``.
+    estimate never exceeds the norm; it stops once the Ritz residual puts a
+    singular value within ``tol`` of it, which on 3x3 layers took 30 to 100
+    steps for ``1e-6``.
+
+    Circular padding: only half the frequencies are visited for a real
+    kernel (see :func:`singular_values`). On the CPU ``"eigh"`` is the
+    fastest exact route; ``"gram"`` costs a matrix product per squaring
+    (8 to 20 squarings for ``1e-6``) and suits GPUs, where batched products
+    are cheap and batched decompositions are not.
 
     Differentiable on PyTorch and JAX, so ``loss + lam * relu(norm - c)`` is a
     usable penalty. For a real kernel the top singular value is shared by the
@@ -266,6 +400,11 @@ def operator_norm(
     >>> import array_api_strict as xp
     >>> import convsv
     >>> convsv.operator_norm(xp.ones((3, 3, 1, 1)), 8)
+    Array(9., dtype=array_api_strict.float64)
+
+    A certified upper bound by Gram iteration, within ``tol`` of the norm:
+
+    >>> convsv.operator_norm(xp.ones((3, 3, 1, 1)), 8, method="gram", tol=1e-9)
     Array(9., dtype=array_api_strict.float64)
 
     With zero padding the border taps see zeros, so the norm is smaller:
@@ -286,10 +425,20 @@ def operator_norm(
         output_padding=output_padding,
     )
     if spec.circular:
-        return _circular_norm(k, spec, xp)
+        return circular_norm(
+            k,
+            spec,
+            xp,
+            method=method,
+            tol=tol,
+            iterations=iterations,
+            chunk_size=chunk_size,
+            max_memory=max_memory,
+        )
     return zero_d(padded_norm(k, spec, xp, **_lanczos_options(tol, iterations, k.dtype, xp)), xp)
 
 
+@full_precision
 @fill_layer_doc
 def operator_norm_bounds(
     kernel: Array,
@@ -302,8 +451,11 @@ def operator_norm_bounds(
     transposed: bool = False,
     padding: str | int | Sequence[Any] = "circular",
     output_padding: int | Sequence[int] = 0,
+    method: str = "auto",
     tol: float | None = None,
     iterations: int = 640,
+    chunk_size: int | None = None,
+    max_memory: int | None = DEFAULT_MAX_MEMORY,
     xp: Namespace | None = None,
 ) -> tuple[Array, Array]:
     """Certified lower and upper bounds on a convolutional layer's operator norm.
@@ -324,10 +476,14 @@ def operator_norm_bounds(
     layout : {"HWIO", "OIHW", "WIO", "OIW", "DHWIO", "OIDHW"}, optional
         Order of the kernel's axes. Default ``"HWIO"``.
     {layer_parameters}
+    method : {"auto", "svd", "eigh", "gram", "power"}, optional
+        As in :func:`operator_norm`, for the upper bound (the circular
+        layer's norm); with ``"power"`` it is an estimate, not a bound.
     tol : float, optional
         As in :func:`operator_norm`: how far the lower bound is iterated.
     iterations : int, optional
         As in :func:`operator_norm`.
+    {memory_parameters}
     xp : array namespace, optional
         Namespace to use; inferred from ``kernel`` when omitted.
 
@@ -367,7 +523,16 @@ def operator_norm_bounds(
         padding=padding,
         output_padding=output_padding,
     )
-    upper = _circular_norm(k, spec, xp)
+    upper = circular_norm(
+        k,
+        spec,
+        xp,
+        method=method,
+        tol=tol,
+        iterations=iterations,
+        chunk_size=chunk_size,
+        max_memory=max_memory,
+    )
     if spec.circular:
         return upper, upper
     lower = zero_d(padded_norm(k, spec, xp, **_lanczos_options(tol, iterations, k.dtype, xp)), xp)

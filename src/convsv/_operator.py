@@ -21,9 +21,11 @@ from ._lib import (
     Namespace,
     complex_dtype,
     device_of,
+    full_precision,
     interleave_zeros,
     pad_axis,
     repeat,
+    start_vector,
     stop_gradient,
     while_loop,
 )
@@ -75,6 +77,7 @@ def forward_matrix(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
     return xp.reshape(taps, (spec.out_channels * offset.shape[0], spec.in_channels * offset.shape[1]))
 
 
+@full_precision
 @fill_layer_doc
 def conv_matrix(
     kernel: Array,
@@ -231,14 +234,6 @@ class PaddedLayer:
         return x[keep]
 
 
-def _start_vector(size: int, dtype: Any, xp: Namespace, device: Any) -> Array:
-    """A fixed, noise-like unit vector (no RNG in the array API): spread over all frequencies."""
-    index = xp.astype(xp.arange(size, device=device), dtype)
-    noise = xp.sin(index * 12.9898 + 78.233) * 43758.5453
-    noise = noise - xp.floor(noise) - 0.5
-    return noise / xp.linalg.vector_norm(noise)
-
-
 def _orthogonalize(w: Array, basis: Array, xp: Namespace) -> Array:
     """``w`` minus its projection on the rows of ``basis`` (twice: enough in floating point)."""
     for _ in range(2):
@@ -339,7 +334,7 @@ def lanczos_norm(layer: PaddedLayer, *, tol: float, cycle: int, cycles: int) -> 
         _, _, count, settled = state
         return (count < cycles) & ~settled
 
-    v0 = _start_vector(n_in, dtype, xp, device)
+    v0 = start_vector(n_in, dtype, xp, device)
     start = (
         v0,
         0 * xp.linalg.vector_norm(v0),

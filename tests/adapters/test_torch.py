@@ -12,6 +12,7 @@ import os
 import runpy
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -383,7 +384,9 @@ def test_fsdp_sharded_parameters_get_a_clear_error(tmp_path):
 def test_cuda_weights_stay_on_the_device_without_synchronising():
     net = _model().cuda()
     pointers = [layer.weight.data_ptr() for _, layer in conv_layers(net)]
-    torch.cuda.set_sync_debug_mode("error")  # any device-to-host copy raises
+    with warnings.catch_warnings():  # torch warns that the debug mode is a prototype
+        warnings.simplefilter("ignore", UserWarning)
+        torch.cuda.set_sync_debug_mode("error")  # any device-to-host copy raises
     try:
         report = clip_operator_norm_(net, 1.0, input_shapes=SHAPES, method="extrapolated", iterations=20)
     finally:

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The GPU check: the GPU test variants (one run per backend, each with a JUnit
+# report and a failure summary), the PyTorch adapter's CUDA test, and the norm
+# methods timed against the two-liner on each GPU backend, in under 8 minutes.
+# For a machine with CUDA, torch, JAX and CuPy installed and no package index:
+# wheels of anything missing (array-api-compat) go in .whl/ beforehand.
+# Logs and reports land in $OUT (default /tmp/convsv-gpu).
+set -uo pipefail
+OUT=${OUT:-/tmp/convsv-gpu}
+mkdir -p "$OUT"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+    export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+fi
+# JAX must not take 75% of the GPU: torch and CuPy share it in the same processes.
+export PYTHONPATH=$PWD/src:${PYTHONPATH:-} XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+nvidia-smi -L
+status=0
+for variant in torch-cuda cupy jax-gpu; do
+    echo "== $variant"
+    CONVSV_REQUIRE_GPU=1 CONVSV_BACKENDS=${variant%%-*} timeout 100 python3 -m pytest -q -rf -n 8 \
+        -p no:cacheprovider -p no:benchmark --junitxml="$OUT/junit-$variant.xml" \
+        --ignore=tests/adapters -k "$variant" tests >"$OUT/tests-$variant.log" 2>&1 || status=1
+    grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests-$variant.log" | tail -15
+done
+echo "== torch adapter on CUDA"
+timeout 40 python3 -m pytest -q -rf -p no:cacheprovider -p no:benchmark tests/adapters/test_torch.py -k cuda 2>&1 \
+    | tail -15 | tee "$OUT/adapter.log" || status=1
+echo "== norm methods"
+timeout 70 python3 benchmarks/gpu_methods.py 2>&1 | tee "$OUT/methods.log" || status=1
+exit $status
