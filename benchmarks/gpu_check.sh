@@ -18,7 +18,7 @@ nvidia-smi -L
 status=0
 for variant in torch-cuda cupy jax-gpu; do
     echo "== $variant"
-    CONVSV_REQUIRE_GPU=1 CONVSV_BACKENDS=${variant%%-*} timeout 100 python3 -m pytest -q -rf -n 8 \
+    CONVSV_REQUIRE_GPU=1 CONVSV_BACKENDS=${variant%%-*} timeout 80 python3 -m pytest -q -rf -n 8 \
         -p no:cacheprovider -p no:benchmark --junitxml="$OUT/junit-$variant.xml" \
         --ignore=tests/adapters -k "$variant" tests >"$OUT/tests-$variant.log" 2>&1 || status=1
     grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests-$variant.log" | tail -15
@@ -28,4 +28,6 @@ timeout 40 python3 -m pytest -q -rf -p no:cacheprovider -p no:benchmark tests/ad
     | tail -15 | tee "$OUT/adapter.log" || status=1
 echo "== norm methods"
 timeout 70 python3 benchmarks/gpu_methods.py 2>&1 | tee "$OUT/methods.log" || status=1
+echo "== benchmark suites on CUDA (quick)"
+timeout 90 python3 benchmarks/run.py --device cuda --quick --suites layers,resnet32 --out "$OUT/bench" >"$OUT/bench.log" 2>&1 || status=1
 exit $status
