@@ -142,27 +142,31 @@ def clip_matrices(
 
 
 def _clip_from_gram(matrices: Array, max_norm: float, xp: Namespace) -> tuple[Array, Array]:
-    """Clip from below ``max_norm`` through the eigenvectors of the smaller Gram matrix.
+    """Clip from above at ``max_norm`` through the eigenvectors of the smaller Gram matrix.
 
-    ``A - (A V) diag(1 - max_norm / s) V^H`` over the singular values ``s``
-    above the bound, with ``A^H A = V diag(s^2) V^H`` (or the same from the
-    left). Only the large singular values and their vectors enter, and those
-    the Gram matrix resolves to round-off; a Hermitian eigensolver is cheaper
-    than an SVD, several times so for batches on a GPU. Returns the clipped
-    matrices and all singular values, descending.
+    With ``A^H A = V diag(s^2) V^H``, the clipped matrix is
+    ``(A V) diag(min(1, max_norm / s)) V^H`` (or the same from the left when
+    ``A A^H`` is smaller). Each ``s`` is taken as the norm of ``A v``, not
+    from the Gram's eigenvalue: that is accurate to round-off of ``||A||``
+    rather than of ``||A||^2``, and makes each clipped direction come out at
+    ``max_norm`` to round-off. (The form ``A - (A V) diag(1 - f) V^H`` would
+    keep the unclipped part exact but amplifies any loss of orthogonality
+    in ``V`` by ``||A|| / max_norm``: 3e-5 above the bound in float32.)
+    A Hermitian eigensolver is cheaper than an SVD, several times so for
+    batches on a GPU. Returns the clipped matrices and the singular values.
     """
     r, c = matrices.shape[-2:]
-    squares, vectors = xp.linalg.eigh(small_gram(matrices, xp))
-    s = xp.flip(xp.sqrt(xp.clip(squares, min=0)), axis=-1)
-    vectors = xp.flip(vectors, axis=-1)
-    shrink = xp.where(
-        s > max_norm, 1 - max_norm / xp.where(s > max_norm, s, xp.ones_like(s)), xp.zeros_like(s)
-    )
-    shrink = xp.astype(shrink, vectors.dtype)[..., None, :]
+    _, vectors = xp.linalg.eigh(small_gram(matrices, xp))
+    vectors = xp.flip(vectors, axis=-1)  # descending
     adjoint = xp.conj(xp.matrix_transpose(vectors))
-    if c <= r:  # A^H A = V S^2 V^H
-        return matrices - ((matrices @ vectors) * shrink) @ adjoint, s
-    return matrices - (vectors * shrink) @ (adjoint @ matrices), s  # A A^H = U S^2 U^H
+    image = matrices @ vectors if c <= r else adjoint @ matrices  # A V, or U^H A
+    s = xp.linalg.vector_norm(image, axis=-2 if c <= r else -1)
+    above = s > max_norm
+    factor = xp.where(above, max_norm / xp.where(above, s, xp.ones_like(s)), xp.ones_like(s))
+    factor = xp.astype(factor, vectors.dtype)
+    if c <= r:
+        return (image * factor[..., None, :]) @ adjoint, s
+    return (vectors * factor[..., None, :]) @ image, s
 
 
 def _meets_bounds(s: Array, max_norm: float, min_norm: float | None, tol: float, xp: Namespace) -> Array:
