@@ -65,7 +65,8 @@ def _pointwise(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array | None:
     """
     if any(k != 1 for k in spec.kernel_size):
         return None
-    return grouped(kernel, spec, xp)[(*(0,) * spec.ndim, ...)]
+    first_tap = (0,) * spec.ndim + (Ellipsis,)
+    return grouped(kernel, spec, xp)[first_tap]
 
 
 def circular_norm(
