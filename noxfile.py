@@ -1,7 +1,8 @@
 """Test, lint, type-check and documentation sessions.
 
 ``nox`` runs the default sessions: the core test suite once per array
-backend (numpy, array_api_strict, torch, jax) on the CPU, the training
+backend (numpy, array_api_strict, torch, jax) on the CPU, the command line on every
+model format (``cli``), the training
 adapters once per framework (``adapters-torch``, ``adapters-keras-jax``,
 ``adapters-keras-torch``, ``adapters-keras-tensorflow``, ``adapters-optax``),
 ``lint``, ``typecheck`` and ``docs``. ``nox -t gpu`` runs the GPU session in the current interpreter
@@ -84,6 +85,27 @@ def _adapter_session(name: str) -> None:
 
 for _name in ADAPTERS:
     _adapter_session(_name)
+
+
+# `convsv analyze` reads every model format: the frameworks that write them are installed to make
+# test models, and a missing one fails the session instead of skipping.
+FORMATS = [TORCH, "jax", "keras>=3.5", "onnx>=1.14", "safetensors>=0.4", "matplotlib", "scikit-learn"]
+
+
+@nox.session
+def cli(session: nox.Session) -> None:
+    """The command line (``convsv analyze`` on every model format, the bundled model, ``convsv spectrum``)."""
+    session.install(*FORMATS, "-e", ".[test]")
+    session.run(
+        "pytest",
+        "-n",
+        "2",
+        "tests/test_analyze.py",
+        "tests/test_bundled_model.py",
+        "tests/test_cli.py",
+        *session.posargs,
+        env={**TEST_ENV, "CONVSV_BACKENDS": "numpy", "CONVSV_REQUIRE_FORMATS": "1", "KERAS_BACKEND": "jax"},
+    )
 
 
 @nox.session(venv_backend="none", default=False, tags=["gpu"])

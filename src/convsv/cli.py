@@ -1,22 +1,47 @@
 """The ``convsv`` command line.
 
-``convsv spectrum [KERNEL.npy] --input-size H W`` prints a summary of a
-layer's exact spectrum; with no file it uses a built-in example kernel.
+``convsv analyze [MODEL]`` reports the exact spectra of a model's
+convolutions (PyTorch, safetensors, Keras, ONNX or ``.npz`` files); with no
+file it analyses a small CNN trained on scikit-learn's digits that ships with
+the package. ``convsv spectrum [KERNEL.npy] --input-size H W`` summarises one
+kernel's spectrum.
+
+Exit status: 0 on success, 1 when a model cannot be read or analysed, 2 for
+a malformed command line. On failure only the error is written.
 """
 
 from __future__ import annotations
 
 import argparse
+import fnmatch
+import io
 import json
 import os
 import sys
 from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from . import __version__, operator_norm_bounds, singular_values
 from ._layout import LAYOUTS
+from ._models import ModelError, load_model
+from ._report import (
+    BACKENDS,
+    Progress,
+    analyze,
+    converter,
+    format_csv,
+    format_table,
+    plot_spectra,
+    reshaped_norm,
+    resolve_sizes,
+    summarize,
+    to_numpy,
+)
 
-BACKENDS = ("numpy", "torch", "jax")
+SPECTRUM_BACKENDS = ("numpy", "torch", "jax")
+DEFAULT_PLOT = "digits-cnn-spectra.png"
 
 
 def example_kernel() -> Any:
@@ -26,30 +51,6 @@ def example_kernel() -> Any:
     rng = np.random.default_rng(0)
     fan_in = 3 * 3 * 16
     return rng.standard_normal((3, 3, 16, 16)) * np.sqrt(2.0 / fan_in)
-
-
-def summarize(values: Any) -> dict[str, Any]:
-    """Summary statistics of a layer's singular values (a NumPy array in, plain numbers out)."""
-    import numpy as np
-
-    s = np.sort(np.ravel(values))[::-1]
-    largest, smallest = float(s[0]), float(s[-1])
-    return {
-        "count": int(s.size),
-        "operator_norm": largest,
-        "smallest": smallest,
-        "condition_number": largest / smallest if smallest > 0 else float("inf"),
-        "stable_rank": float(np.sum(s**2) / largest**2) if largest > 0 else 0.0,
-        "at_least_one": int(np.sum(s >= 1.0)),
-    }
-
-
-def reshaped_norm(kernel: Any, layout: str) -> float:
-    """What reshape-based ``spectral_norm`` wrappers compute: the ``(k^d c_in) x c_out`` matrix's norm."""
-    import numpy as np
-
-    spatial_first = kernel if LAYOUTS[layout][1] else np.moveaxis(kernel, (0, 1), (-1, -2))
-    return float(np.linalg.norm(np.reshape(spatial_first, (-1, spatial_first.shape[-1])), 2))
 
 
 def _padding(text: str) -> str | int:
@@ -72,14 +73,6 @@ def _to_backend(kernel: Any, backend: str) -> Any:
 
         return jnp.asarray(kernel)
     return kernel
-
-
-def _to_numpy(values: Any) -> Any:
-    import numpy as np
-
-    if hasattr(values, "detach"):  # torch
-        values = values.detach().cpu()
-    return np.asarray(values)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,7 +102,7 @@ def _parser() -> argparse.ArgumentParser:
         "--layout", choices=sorted(LAYOUTS), default="HWIO", help="kernel axes (default HWIO)"
     )
     spectrum.add_argument(
-        "--backend", choices=BACKENDS, default="numpy", help="array library to compute with"
+        "--backend", choices=SPECTRUM_BACKENDS, default="numpy", help="array library to compute with"
     )
     layer = spectrum.add_argument_group("layer options (as in convsv.singular_values)")
     layer.add_argument("--stride", type=int, nargs="+", default=[1], metavar="S")
@@ -123,7 +116,110 @@ def _parser() -> argparse.ArgumentParser:
     )
     layer.add_argument("--transposed", action="store_true", help="the kernel is a transposed convolution's")
     spectrum.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    _analyze_parser(commands)
     return parser
+
+
+def _analyze_parser(commands: Any) -> None:
+    analyze = commands.add_parser(
+        "analyze",
+        help="exact spectra of every convolution in a model file",
+        description=(
+            "Report, layer by layer, the exact singular values of a model's convolutions: the "
+            "operator norm (circular padding, exact), certified bounds for zero-padded layers, the "
+            "smallest singular value, condition number, stable rank and how many singular values are "
+            "at least 1, and the product of the layers' norms. Without MODEL, a small CNN trained on "
+            "scikit-learn's digits that ships with convsv, with its plots written to "
+            f"{DEFAULT_PLOT}. Exit status 1 when the model cannot be read or analysed."
+        ),
+    )
+    analyze.add_argument(
+        "model",
+        nargs="?",
+        help="a .pt/.pth (state dict or torch.nn module, loaded with weights_only=True), "
+        ".safetensors, .keras, .onnx or .npz file",
+    )
+    analyze.add_argument(
+        "--input-size",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="spatial size of the model's input, one per axis or one for all; needed unless the file "
+        "fixes it (ONNX with a static input, Keras, .npz/safetensors with a convsv header)",
+    )
+    analyze.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    analyze.add_argument("--plot", metavar="FILE", help="write the paper's Figures 5-7 (PNG, PDF or SVG)")
+    analyze.add_argument("--layers", metavar="PATTERN", help="only layers whose name matches this glob")
+    analyze.add_argument(
+        "--layout",
+        choices=sorted(LAYOUTS),
+        help="kernel axes for formats without layer information (.npz default HWIO, state dicts and "
+        "safetensors OIHW); the spatial rank is taken from each kernel",
+    )
+    analyze.add_argument(
+        "--backend", choices=BACKENDS, help="array library to compute with (default: numpy on the CPU)"
+    )
+    analyze.add_argument(
+        "--device", default="cpu", help="cpu (default), cuda, cuda:N or gpu: computes with torch, cupy or jax"
+    )
+    analyze.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    """``convsv analyze``: everything is computed before anything is written."""
+    input_size = args.input_size
+    if input_size is not None and min(input_size) <= 0:
+        msg = f"--input-size must be positive, got {input_size}"
+        raise ModelError(msg)
+    plot = args.plot
+    if args.model is None:
+        source = resources.files("convsv") / "data" / "digits_cnn.npz"
+        with resources.as_file(source) as path:
+            model = load_model(path, input_size, args.layout)
+        model.source = "convsv's bundled digits CNN (experiments/train_digits_cnn.py)"
+        plot = plot or DEFAULT_PLOT
+    else:
+        model = load_model(args.model, input_size, args.layout)
+    if args.layers:
+        chosen = [layer for layer in model.layers if fnmatch.fnmatchcase(layer.name, args.layers)]
+        if not chosen:
+            names = ", ".join(layer.name for layer in model.layers[:8])
+            more = ", ..." if len(model.layers) > 8 else ""
+            msg = f"--layers {args.layers!r} matches none of the layers ({names}{more})"
+            raise ModelError(msg)
+        model.layers = chosen
+    resolve_sizes(model, input_size)
+    backend, to_backend = converter(args.backend, args.device)
+    show = sys.stderr.isatty() if args.progress is None else args.progress
+    rows, spectra = analyze(model, to_backend, Progress(len(model.layers), show))
+    title = f"{Path(model.source).name if args.model else 'bundled digits CNN'}: {len(rows)} conv layers"
+    if plot:
+        plot_spectra(rows, spectra, plot, title)
+    if args.format == "json":
+        # One layer per line: valid JSON that stays readable for models with many layers.
+        text = "[\n" + ",\n".join(f"  {json.dumps(row)}" for row in rows) + "\n]\n"
+    elif args.format == "csv":
+        text = format_csv(rows)
+    else:
+        where = f"{backend} on {args.device}"
+        header = f"convsv {__version__}: {model.source} ({model.format}, {len(rows)} conv layers, {where})"
+        text = format_table(model, rows, header)
+    _write(text)
+    if plot:
+        print(f"wrote {plot}", file=sys.stderr)
+    return 0
+
+
+def _write(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # e.g. `convsv analyze | head`: stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def _print_table(info: dict[str, Any], out: Any) -> None:
@@ -161,9 +257,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
-        import numpy as np
+        import numpy  # noqa: F401
     except ImportError:  # pragma: no cover - numpy is in the [cli] extra
         parser.error("the command line needs NumPy: pip install 'convsv[cli]'")
+    if args.command == "analyze":
+        try:
+            return _analyze(args)
+        except ModelError as err:
+            print(f"convsv analyze: error: {err}", file=sys.stderr)
+            return 1
+    return _spectrum(parser, args)
+
+
+def _spectrum(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """``convsv spectrum``: one kernel's summary."""
+    import numpy as np
 
     if args.kernel is None:
         kernel, source = example_kernel(), "built-in example"
@@ -187,11 +295,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     array = _to_backend(kernel, args.backend)
     try:
         bounds = [
-            _to_numpy(b) for b in operator_norm_bounds(array, input_shape, layout=args.layout, **options)
+            to_numpy(b) for b in operator_norm_bounds(array, input_shape, layout=args.layout, **options)
         ]
         dtype = str(bounds[0].dtype)
         try:
-            stats = summarize(_to_numpy(singular_values(array, input_shape, layout=args.layout, **options)))
+            stats = summarize(to_numpy(singular_values(array, input_shape, layout=args.layout, **options)))
         except ValueError:
             if args.padding == "circular":
                 raise
@@ -213,16 +321,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         **stats,
         "reshaped_norm": reshaped_norm(kernel, args.layout),
     }
-    try:
-        if args.format == "json":
-            json.dump(info, sys.stdout, indent=2)
-            print()
-        else:
-            print(f"convsv {__version__}: {source}")
-            _print_table(info, sys.stdout)
-        sys.stdout.flush()
-    except BrokenPipeError:  # e.g. `convsv spectrum | head`: stop quietly, as Unix tools do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    if args.format == "json":
+        _write(json.dumps(info, indent=2) + "\n")
+    else:
+        table = io.StringIO()
+        _print_table(info, table)
+        _write(f"convsv {__version__}: {source}\n{table.getvalue()}")
     return 0
 
 

@@ -1,0 +1,597 @@
+"""Reading a model's convolutions from the files people have, for ``convsv analyze``.
+
+Each reader turns one file format into a list of :class:`ConvLayer`: the
+kernel as a NumPy array in the layout it was stored in, the layer options in
+the library's vocabulary, and the spatial size of the layer's input where the
+file determines it. Nothing here computes a spectrum, and nothing executes
+code stored in a file: PyTorch checkpoints are loaded with
+``weights_only=True`` (only ``torch.nn``'s own classes are allowed), Keras
+files with ``safe_mode=True``.
+
+Formats that store only tensors (PyTorch state dicts, safetensors, ``.npz``)
+carry no strides or paddings. Such files may describe their layers in a JSON
+header (the ``__convsv__`` array of an ``.npz``, the ``convsv`` key of a
+safetensors file's metadata; see ``docs/analyze.md``); otherwise every layer
+is taken as a stride-1 circular convolution on ``--input-size`` and the report
+says so.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import zipfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ._layout import LAYOUTS, _same_pads
+
+# The options a stored layer may set, with the values a tensor-only format implies.
+ASSUMED_OPTIONS: dict[str, Any] = {
+    "stride": 1,
+    "dilation": 1,
+    "groups": 1,
+    "padding": "circular",
+    "transposed": False,
+    "output_padding": 0,
+}
+METADATA_FORMAT = "convsv-layers"
+
+
+class ModelError(Exception):
+    """A model file that cannot be analysed; the message is shown to the user as is."""
+
+
+@dataclass
+class ConvLayer:
+    """One convolution as stored: kernel, layer options, and input map size (``None``: not known)."""
+
+    name: str
+    kernel: Any  # NumPy array in `layout`
+    layout: str
+    options: dict[str, Any]
+    input_shape: tuple[int, ...] | None = None
+    assumed: bool = False  # options not stored in the file: ASSUMED_OPTIONS
+    note: str = ""
+
+    @property
+    def ndim(self) -> int:
+        """Number of spatial axes."""
+        return int(self.kernel.ndim) - 2
+
+
+@dataclass
+class Model:
+    """The convolutions of one file, in forward order, and where they came from."""
+
+    source: str
+    format: str
+    layers: list[ConvLayer]
+    notes: list[str] = field(default_factory=list)
+
+
+def layout_for(ndim: int, channels_last: bool) -> str:
+    """The layout name with ``ndim`` spatial axes, channels last (HWIO) or first (OIHW)."""
+    return next(name for name, (d, last) in LAYOUTS.items() if d == ndim and last == channels_last)
+
+
+def expand_size(input_size: Sequence[int], ndim: int, what: str) -> tuple[int, ...]:
+    """``--input-size`` as ``ndim`` sizes: one size stands for every spatial axis."""
+    if len(input_size) not in (1, ndim):
+        msg = f"--input-size has {len(input_size)} sizes but {what} has {ndim} spatial axes"
+        raise ModelError(msg)
+    return tuple(input_size) * (ndim if len(input_size) == 1 else 1)
+
+
+def _need(module: str, what: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = {"safetensors.numpy": "safetensors"}.get(module, module)
+        msg = f"reading {what} needs the {package!r} package: pip install {package}"
+        raise ModelError(msg) from None
+
+
+def _unreadable(path: Path, kind: str, err: BaseException) -> ModelError:
+    detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return ModelError(f"{path}: not a readable {kind} file (corrupt or truncated?): {detail}")
+
+
+# --- tensor-only archives, with or without a convsv header ------------------------------------------
+
+
+def _from_header(header: str, arrays: Mapping[str, Any], path: Path) -> list[ConvLayer]:
+    try:
+        meta = json.loads(header)
+        if meta.get("format") != METADATA_FORMAT:
+            msg = f"'format' is {meta.get('format')!r}, not {METADATA_FORMAT!r}"
+            raise ValueError(msg)
+        layers = []
+        for entry in meta["layers"]:
+            name = entry["name"]
+            if name not in arrays:
+                msg = f"layer {name!r} has no array of that name"
+                raise ValueError(msg)
+            options = {key: entry.get(key, value) for key, value in ASSUMED_OPTIONS.items()}
+            shape = entry.get("input_shape")
+            layers.append(
+                ConvLayer(name, arrays[name], entry["layout"], options, tuple(shape) if shape else None)
+            )
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        msg = f"{path}: its convsv layer header is invalid: {err}"
+        raise ModelError(msg) from None
+    return layers
+
+
+def _guess_layers(arrays: Mapping[str, Any], layout: str | None, channels_last: bool) -> list[ConvLayer]:
+    """Every 3-D to 5-D array is a kernel (a state dict's only if named ``*.weight``)."""
+    last = LAYOUTS[layout][1] if layout else channels_last
+    layers = []
+    for key, array in arrays.items():
+        if not 3 <= array.ndim <= 5:
+            continue
+        name = key.removesuffix(".weight")
+        layers.append(ConvLayer(name, array, layout_for(array.ndim - 2, last), dict(ASSUMED_OPTIONS)))
+        layers[-1].assumed = True
+    return layers
+
+
+def _tensor_archive(
+    path: Path, fmt: str, arrays: Mapping[str, Any], header: str | None, layout: str | None, last: bool
+) -> Model:
+    if header is not None:
+        return Model(str(path), fmt, _from_header(header, arrays, path))
+    model = Model(str(path), fmt, _guess_layers(arrays, layout, last))
+    if model.layers:
+        model.notes.append(
+            f"{fmt} stores no layer options: every layer is taken as a stride-1, ungrouped, circular "
+            f"convolution on --input-size, kernels in {model.layers[0].layout}-style layout (--layout)"
+        )
+    return model
+
+
+def read_npz(path: Path, input_size: Sequence[int] | None, layout: str | None) -> Model:
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise _unreadable(path, "NumPy .npz", err) from None
+    header = arrays.pop("__convsv__", None)
+    return _tensor_archive(
+        path, "npz", arrays, None if header is None else str(header), layout, last=layout is None
+    )
+
+
+def read_safetensors(path: Path, input_size: Sequence[int] | None, layout: str | None) -> Model:
+    _need("safetensors", "safetensors files")
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as archive:
+            header = (archive.metadata() or {}).get("convsv")
+            arrays = {key: archive.get_tensor(key) for key in archive.keys()}  # noqa: SIM118
+    except Exception as err:  # safetensors raises its own error types
+        raise _unreadable(path, "safetensors", err) from None
+    # safetensors files mostly come from PyTorch: channels first unless told otherwise.
+    return _tensor_archive(path, "safetensors", arrays, header, layout, last=False)
+
+
+# --- PyTorch ------------------------------------------------------------------------------------------
+
+
+def _torch_numpy(tensor: Any) -> Any:
+    import torch
+
+    tensor = tensor.detach().cpu()
+    if tensor.dtype in (torch.float16, torch.bfloat16):
+        tensor = tensor.float()
+    return tensor.numpy()
+
+
+def _torch_padding(module: Any) -> tuple[Any, str]:
+    """The module's padding as the library's ``padding`` argument, and a note where not exact."""
+    spans = [(k - 1) * d + 1 for k, d in zip(module.kernel_size, module.dilation, strict=True)]
+    if module.padding == "valid":
+        pads = [(0, 0)] * len(spans)
+    elif module.padding == "same":
+        pads = [((w - 1) // 2, w - 1 - (w - 1) // 2) for w in spans]
+    else:
+        pads = [(p, p) for p in module.padding]
+    mode = module.padding_mode
+    if mode == "zeros" or module.transposed:  # transposed layers only pad with zeros
+        return pads, ""
+    if mode == "circular" and all(a + b == w - 1 for (a, b), w in zip(pads, spans, strict=True)):
+        return "circular", ""
+    return "circular", f"padding_mode={mode!r} with padding {module.padding} analysed as circular"
+
+
+def _torch_module(module: Any, input_size: Sequence[int] | None, path: Path) -> list[ConvLayer]:
+    import torch
+
+    convs = [
+        (name, m)
+        for name, m in module.named_modules()
+        if isinstance(m, torch.nn.modules.conv._ConvNd)
+        and not isinstance(m.weight, torch.nn.parameter.UninitializedParameter)
+    ]
+    shapes: dict[str, tuple[int, ...]] = {}
+    if convs and input_size is not None:
+        # The map sizes come from running the model on zeros, recording each conv's input.
+        def recorder(name: str) -> Callable[[Any, tuple[Any, ...]], None]:
+            def record(_module: Any, args: tuple[Any, ...]) -> None:  # returns None: inputs unchanged
+                shapes.setdefault(name, tuple(args[0].shape[2:]))
+
+            return record
+
+        handles = [m.register_forward_pre_hook(recorder(name)) for name, m in convs]
+        first = convs[0][1]
+        channels = first.out_channels if first.transposed else first.in_channels
+        size = expand_size(input_size, first.weight.ndim - 2, f"layer {convs[0][0]!r}")
+        x = torch.zeros((1, channels, *size), dtype=first.weight.dtype)
+        try:
+            with torch.no_grad():
+                module.eval()(x)
+        except Exception as err:
+            msg = (
+                f"{path}: running the model on a zero input of shape {tuple(x.shape)} (to find each "
+                f"layer's feature-map size) failed: {err}"
+            )
+            raise ModelError(msg) from None
+        finally:
+            for handle in handles:
+                handle.remove()
+    layers = []
+    for name, m in convs:
+        padding, note = _torch_padding(m)
+        options = {
+            "stride": tuple(m.stride),
+            "dilation": tuple(m.dilation),
+            "groups": m.groups,
+            "padding": padding,
+            "transposed": bool(m.transposed),
+            "output_padding": tuple(m.output_padding) if m.transposed else 0,
+        }
+        kernel = _torch_numpy(m.weight)
+        layers.append(
+            ConvLayer(name, kernel, layout_for(kernel.ndim - 2, False), options, shapes.get(name), note=note)
+        )
+    return layers
+
+
+def _checkpoint_body(obj: Any) -> Any:
+    """A module or a state dict inside common checkpoint wrappers (``{"state_dict": ...}``)."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model", "module", "net"):
+            if key in obj and not _is_tensor(obj[key]):
+                return _checkpoint_body(obj[key])
+    return obj
+
+
+def _is_tensor(x: Any) -> bool:
+    import torch
+
+    return isinstance(x, torch.Tensor)
+
+
+def read_torch(path: Path, input_size: Sequence[int] | None, layout: str | None) -> Model:
+    torch = _need("torch", "PyTorch checkpoints")
+    try:
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+    except Exception as err:
+        raise _unreadable(path, "PyTorch checkpoint", err) from None
+    foreign = [name for name in unsafe if not name.startswith("torch.nn.modules.")]
+    if foreign:
+        msg = (
+            f"{path}: the checkpoint holds Python objects convsv does not unpickle ({', '.join(foreign[:3])}); "
+            "it loads with weights_only=True and allows only torch.nn's own modules. "
+            "Save model.state_dict() or export to ONNX instead"
+        )
+        raise ModelError(msg)
+    allowed = []
+    for name in unsafe:  # torch.nn's own layer classes: building them runs no stored code
+        module_name, _, attr = name.rpartition(".")
+        allowed.append(getattr(importlib.import_module(module_name), attr))
+    try:
+        with torch.serialization.safe_globals(allowed):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise _unreadable(path, "PyTorch checkpoint", err) from None
+    body = _checkpoint_body(obj)
+    if isinstance(body, torch.nn.Module):
+        return Model(str(path), "PyTorch module", _torch_module(body, input_size, path))
+    if isinstance(body, Mapping):
+        arrays = {
+            key: _torch_numpy(value)
+            for key, value in body.items()
+            if _is_tensor(value) and (key.endswith("weight") or "." not in key)
+        }
+        return _tensor_archive(path, "PyTorch state dict", arrays, None, layout, last=False)
+    msg = f"{path}: holds a {type(body).__name__}, neither a torch.nn.Module nor a state dict"
+    raise ModelError(msg)
+
+
+# --- Keras --------------------------------------------------------------------------------------------
+
+
+def _import_keras() -> Any:
+    if "KERAS_BACKEND" not in os.environ:
+        # Keras defaults to TensorFlow; use whichever backend is installed.
+        for backend in ("tensorflow", "jax", "torch"):
+            if importlib.util.find_spec(backend) is not None:
+                os.environ["KERAS_BACKEND"] = backend
+                break
+    return _need("keras", "Keras models")
+
+
+def _keras_layers(keras: Any, layer: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Every layer, nested models' layers included, named ``outer/inner``."""
+    found = []
+    for sub in getattr(layer, "layers", []):
+        name = f"{prefix}{sub.name}"
+        if isinstance(sub, keras.Model) or (hasattr(sub, "layers") and not hasattr(sub, "kernel")):
+            found += _keras_layers(keras, sub, f"{name}/")
+        else:
+            found.append((name, sub))
+    return found
+
+
+def _spatial(shape: Any, channels_first: bool) -> tuple[int, ...] | None:
+    spatial = tuple(shape[2:] if channels_first else shape[1:-1])
+    return spatial if all(isinstance(n, int) and n > 0 for n in spatial) else None
+
+
+def _keras_conv(keras: Any, name: str, layer: Any) -> list[ConvLayer]:
+    L = keras.layers
+    plain = (L.Conv1D, L.Conv2D, L.Conv3D)
+    transposed = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
+    depthwise = (L.DepthwiseConv1D, L.DepthwiseConv2D)
+    separable = (L.SeparableConv1D, L.SeparableConv2D)
+    if not isinstance(layer, plain + transposed + depthwise + separable):
+        return []
+    first = layer.data_format == "channels_first"
+    try:
+        size_in = _spatial(layer.input.shape, first)
+        size_out = _spatial(layer.output.shape, first)
+    except (AttributeError, ValueError):  # not built on a symbolic input, or shared
+        size_in = size_out = None
+    ndim = len(layer.strides)
+    padding = layer.padding
+    note = ""
+    if padding == "causal":  # Conv1D: zeros on the left only
+        span = (layer.kernel_size[0] - 1) * layer.dilation_rate[0] + 1
+        padding = [(span - 1, 0)]
+    options = {
+        "stride": tuple(layer.strides),
+        "dilation": tuple(layer.dilation_rate),
+        "groups": getattr(layer, "groups", 1),
+        "padding": padding,
+        "transposed": False,
+        "output_padding": 0,
+    }
+    numpy = keras.ops.convert_to_numpy
+    layout = layout_for(ndim, True)
+    if isinstance(layer, depthwise + separable):
+        # Depthwise: (k, in, multiplier) -> a grouped conv, one group per input channel.
+        kernel = numpy(layer.kernel if isinstance(layer, depthwise) else layer.depthwise_kernel)
+        depth = kernel.reshape((*kernel.shape[:-2], 1, -1))
+        options["groups"] = kernel.shape[-2]
+        layers = [
+            ConvLayer(name if isinstance(layer, depthwise) else f"{name}/depthwise", depth, layout, options)
+        ]
+        layers[0].input_shape = size_in
+        if isinstance(layer, separable):
+            mid = None
+            if size_in is not None:
+                mid = size_out  # the pointwise conv keeps the depthwise output's size
+            pointwise = {**ASSUMED_OPTIONS, "padding": "valid"}
+            layers.append(
+                ConvLayer(f"{name}/pointwise", numpy(layer.pointwise_kernel), layout, pointwise, mid)
+            )
+        return layers
+    if isinstance(layer, transposed):
+        options["transposed"] = True
+        if size_in is not None and size_out is not None:
+            # Keras' transposed conv is the adjoint of the forward conv that maps its output back
+            # to its input with the same padding rule; `output_padding` absorbs the size difference.
+            spans = [(k - 1) * d + 1 for k, d in zip(layer.kernel_size, layer.dilation_rate, strict=True)]
+            base = [
+                m * s if padding == "same" else (m - 1) * s + w
+                for m, s, w in zip(size_in, layer.strides, spans, strict=True)
+            ]
+            options["output_padding"] = tuple(o - b for o, b in zip(size_out, base, strict=True))
+            if min(options["output_padding"]) < 0:
+                msg = f"layer {name}: transposed output {size_out} is smaller than convsv's model of it"
+                raise ModelError(msg)
+    return [ConvLayer(name, numpy(layer.kernel), layout, options, size_in, note=note)]
+
+
+def read_keras(path: Path, input_size: Sequence[int] | None, layout: str | None) -> Model:
+    keras = _import_keras()
+    try:
+        model = keras.saving.load_model(str(path), compile=False, safe_mode=True)
+    except Exception as err:  # Keras raises many types for a bad file
+        raise _unreadable(path, "Keras", err) from None
+    if input_size is not None and model.inputs:
+        # Rebuild the graph on an input of the requested size to get every layer's map size.
+        shape = tuple(model.inputs[0].shape[1:])
+        size = expand_size(input_size, len(shape) - 1, "the model's input")
+        # Channels are the one axis a model needs fixed; Keras defaults to channels last.
+        first = shape[-1] is None and shape[0] is not None
+        channels = shape[0] if first else shape[-1]
+        new_shape = (channels, *size) if first else (*size, channels)
+        try:
+            clone = keras.models.clone_model(model, input_tensors=keras.Input(shape=new_shape))
+            clone.set_weights(model.get_weights())  # a clone has fresh weights
+        except Exception as err:
+            msg = f"{path}: cannot rebuild the model on an input of shape {new_shape}: {err}"
+            raise ModelError(msg) from None
+        model = clone
+    layers = []
+    for name, layer in _keras_layers(keras, model):
+        layers += _keras_conv(keras, name, layer)
+    return Model(str(path), "Keras", layers)
+
+
+# --- ONNX ---------------------------------------------------------------------------------------------
+
+
+def _onnx_constants(onnx: Any, graph: Any) -> dict[str, Any]:
+    """Initializers and ``Constant`` outputs by name, following ``Identity`` nodes."""
+    from onnx import numpy_helper
+
+    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+        elif node.op_type == "Identity" and node.input[0] in values:
+            values[node.output[0]] = values[node.input[0]]
+    return values
+
+
+def _onnx_shapes(onnx: Any, model: Any, input_size: Sequence[int] | None, path: Path) -> dict[str, Any]:
+    """Every value's shape from ONNX shape inference, the graph input resized to ``input_size``."""
+    initializers = {init.name for init in model.graph.initializer}
+    if input_size is not None:
+        for value in model.graph.input:
+            if value.name in initializers:
+                continue
+            dims = value.type.tensor_type.shape.dim
+            what = f"the model's input {value.name!r} (batch, channels, spatial axes)"
+            for dim, size in zip(dims[2:], expand_size(input_size, len(dims) - 2, what), strict=True):
+                dim.ClearField("dim_param")
+                dim.dim_value = int(size)
+            if not dims[0].dim_value:
+                dims[0].dim_value = 1
+        # The sizes the model was exported with are stale now.
+        del model.graph.value_info[:]
+        for value in model.graph.output:
+            value.type.tensor_type.ClearField("shape")
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception as err:
+        msg = f"{path}: ONNX shape inference failed: {err}"
+        raise ModelError(msg) from None
+    shapes = {}
+    graph = inferred.graph
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+    return shapes
+
+
+def _onnx_pads(
+    attrs: dict[str, Any], spans: list[int], strides: list[int], size: Any, transposed: bool
+) -> Any:
+    ndim = len(spans)
+    auto = attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if auto in ("NOTSET", ""):
+        pads = list(attrs.get("pads", [0] * 2 * ndim))
+        return [(pads[i], pads[i + ndim]) for i in range(ndim)]
+    if auto == "VALID":
+        return [(0, 0)] * ndim
+    if size is None:
+        return None  # SAME needs the map size; the caller reports it
+    if transposed:
+        out = attrs.get("output_shape") or [n * s for n, s in zip(size, strides, strict=True)]
+        extra = attrs.get("output_padding", [0] * ndim)
+        totals = [
+            s * (n - 1) + e + w - o
+            for n, s, e, w, o in zip(size, strides, extra, spans, out[-ndim:], strict=True)
+        ]
+        halves = [(t // 2, t - t // 2) if auto == "SAME_UPPER" else (t - t // 2, t // 2) for t in totals]
+        return halves
+    pairs = [_same_pads(n, w, s) for n, w, s in zip(size, spans, strides, strict=True)]
+    return pairs if auto == "SAME_UPPER" else [(b, a) for a, b in pairs]
+
+
+def read_onnx(path: Path, input_size: Sequence[int] | None, layout: str | None) -> Model:
+    onnx = _need("onnx", "ONNX models")
+    try:
+        model = onnx.load(str(path))
+    except Exception as err:  # protobuf's DecodeError and friends
+        raise _unreadable(path, "ONNX", err) from None
+    if not model.graph.node:
+        raise _unreadable(path, "ONNX", ValueError("the graph has no nodes"))
+    constants = _onnx_constants(onnx, model.graph)
+    shapes = _onnx_shapes(onnx, model, input_size, path)
+    layers = []
+    for index, node in enumerate(model.graph.node):
+        if node.op_type not in ("Conv", "ConvTranspose") or node.domain not in ("", "ai.onnx"):
+            continue
+        name = node.name or f"{node.op_type}_{index}"
+        if node.input[1] not in constants:
+            msg = f"{path}: the weights of {node.op_type} node {name!r} are computed, not stored"
+            raise ModelError(msg)
+        kernel = constants[node.input[1]]
+        ndim = kernel.ndim - 2
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        strides = list(attrs.get("strides", [1] * ndim))
+        dilations = list(attrs.get("dilations", [1] * ndim))
+        spans = [(k - 1) * d + 1 for k, d in zip(kernel.shape[2:], dilations, strict=True)]
+        shape = shapes.get(node.input[0])
+        size = tuple(shape[2:]) if shape and all(isinstance(n, int) and n > 0 for n in shape[2:]) else None
+        transposed = node.op_type == "ConvTranspose"
+        pads = _onnx_pads(attrs, spans, strides, size, transposed)
+        extra: Any = 0
+        if transposed:
+            out = shapes.get(node.output[0])
+            if size is not None and pads is not None and out and all(out[2:]):
+                base = [
+                    (m - 1) * s - a - b + w
+                    for m, s, (a, b), w in zip(size, strides, pads, spans, strict=True)
+                ]
+                extra = tuple(o - b for o, b in zip(out[2:], base, strict=True))
+            else:
+                extra = tuple(attrs.get("output_padding", [0] * ndim))
+        options = {
+            "stride": tuple(strides),
+            "dilation": tuple(dilations),
+            "groups": int(attrs.get("group", 1)),
+            "padding": pads if pads is not None else "same",
+            "transposed": transposed,
+            "output_padding": extra,
+        }
+        layers.append(ConvLayer(name, kernel, layout_for(ndim, False), options, size))
+    return Model(str(path), "ONNX", layers)
+
+
+# --- dispatch -----------------------------------------------------------------------------------------
+
+Reader = Callable[[Path, "Sequence[int] | None", "str | None"], Model]
+READERS: dict[str, Reader] = {
+    ".pt": read_torch,
+    ".pth": read_torch,
+    ".safetensors": read_safetensors,
+    ".keras": read_keras,
+    ".onnx": read_onnx,
+    ".npz": read_npz,
+}
+
+
+def load_model(path: str | os.PathLike[str], input_size: Sequence[int] | None, layout: str | None) -> Model:
+    """Read the convolutions of the model at ``path``; raises :class:`ModelError` for anything unusable."""
+    file = Path(path)
+    reader = READERS.get(file.suffix.lower())
+    if not file.exists():
+        msg = f"{file}: no such file"
+        raise ModelError(msg)
+    if file.is_dir():
+        msg = f"{file}: is a directory, not a model file"
+        raise ModelError(msg)
+    if reader is None:
+        known = ", ".join(sorted(READERS))
+        msg = f"{file}: unknown model format {file.suffix or '(no extension)'!r}; convsv reads {known}"
+        raise ModelError(msg)
+    model = reader(file, input_size, layout)
+    if not model.layers:
+        msg = f"{file}: no convolutional layers found in this {model.format} model"
+        raise ModelError(msg)
+    return model
