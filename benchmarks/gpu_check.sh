@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: the GPU test variants (one run per backend, each with a JUnit
 # report and a failure summary), the PyTorch adapter's CUDA test, and the norm
-# methods timed against the two-liner on each GPU backend, in under 8 minutes.
+# methods timed against the two-liner on each GPU backend, and `convsv analyze --device cuda`
+# on each GPU backend, in under 9 minutes.
 # For a machine with CUDA, torch, JAX and CuPy installed and no package index:
 # wheels of anything missing (array-api-compat) go in .whl/ beforehand.
 # Logs and reports land in $OUT (default /tmp/convsv-gpu).
@@ -26,6 +27,11 @@ done
 echo "== torch adapter on CUDA"
 timeout 40 python3 -m pytest -q -rf -p no:cacheprovider -p no:benchmark tests/adapters/test_torch.py -k cuda 2>&1 \
     | tail -15 | tee "$OUT/adapter.log" || status=1
+echo "== convsv analyze on the GPU backends (the bundled model)"
+for backend in torch cupy jax; do
+    timeout 40 python3 -m convsv analyze src/convsv/data/digits_cnn.npz --device cuda --backend $backend --format csv \
+        2>&1 | cut -d, -f1,11 | tee "$OUT/analyze-$backend.log" || status=1
+done
 echo "== norm methods"
 timeout 70 python3 benchmarks/gpu_methods.py 2>&1 | tee "$OUT/methods.log" || status=1
 echo "== benchmark suites on CUDA (quick)"

@@ -157,8 +157,14 @@ def read_npz(path: Path, input_size: Sequence[int] | None, layout: str | None) -
     import numpy as np
 
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
+        # np.load leaves a file it opened itself open when the archive is corrupt: open it here.
+        with open(path, "rb") as file:
+            archive = np.load(file, allow_pickle=False)
+            if not isinstance(archive, np.lib.npyio.NpzFile):
+                msg = "it holds a single array (.npy), not an archive of named arrays"
+                raise ValueError(msg)
+            with archive:
+                arrays = {key: archive[key] for key in archive.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise _unreadable(path, "NumPy .npz", err) from None
     header = arrays.pop("__convsv__", None)
@@ -287,7 +293,8 @@ def read_torch(path: Path, input_size: Sequence[int] | None, layout: str | None)
     foreign = [name for name in unsafe if not name.startswith("torch.nn.modules.")]
     if foreign:
         msg = (
-            f"{path}: the checkpoint holds Python objects convsv does not unpickle ({', '.join(foreign[:3])}); "
+            f"{path}: the checkpoint holds Python objects convsv does not unpickle "
+            f"({', '.join(foreign[:3])}); "
             "it loads with weights_only=True and allows only torch.nn's own modules. "
             "Save model.state_dict() or export to ONNX instead"
         )
@@ -340,6 +347,15 @@ def _keras_layers(keras: Any, layer: Any, prefix: str = "") -> list[tuple[str, A
     return found
 
 
+def _keras_numpy(keras: Any, x: Any) -> Any:
+    """A Keras variable or tensor as a NumPy array.
+
+    Through the variable's value: ``np.array(variable)`` warns on NumPy 2 (its ``__array__``
+    takes no ``copy``), and so do ``get_weights()`` and ``convert_to_numpy(variable)``.
+    """
+    return keras.ops.convert_to_numpy(x.value if isinstance(x, keras.Variable) else x)
+
+
 def _spatial(shape: Any, channels_first: bool) -> tuple[int, ...] | None:
     spatial = tuple(shape[2:] if channels_first else shape[1:-1])
     return spatial if all(isinstance(n, int) and n > 0 for n in spatial) else None
@@ -373,7 +389,10 @@ def _keras_conv(keras: Any, name: str, layer: Any) -> list[ConvLayer]:
         "transposed": False,
         "output_padding": 0,
     }
-    numpy = keras.ops.convert_to_numpy
+
+    def numpy(x: Any) -> Any:
+        return _keras_numpy(keras, x)
+
     layout = layout_for(ndim, True)
     if isinstance(layer, depthwise + separable):
         # Depthwise: (k, in, multiplier) -> a grouped conv, one group per input channel.
@@ -426,7 +445,7 @@ def read_keras(path: Path, input_size: Sequence[int] | None, layout: str | None)
         new_shape = (channels, *size) if first else (*size, channels)
         try:
             clone = keras.models.clone_model(model, input_tensors=keras.Input(shape=new_shape))
-            clone.set_weights(model.get_weights())  # a clone has fresh weights
+            clone.set_weights([_keras_numpy(keras, w) for w in model.weights])  # a clone has fresh weights
         except Exception as err:
             msg = f"{path}: cannot rebuild the model on an input of shape {new_shape}: {err}"
             raise ModelError(msg) from None

@@ -195,24 +195,28 @@ def analyze(
     for done, (layer, (spec, _circular)) in enumerate(zip(model.layers, specs, strict=True)):
         progress.show(done, layer.name)
         kernel = to_backend(layer.kernel)
-        common = {
+        size = layer.input_shape
+        assert size is not None  # resolve_sizes gave every layer one
+        common: dict[str, Any] = {
             "layout": layer.layout,
             "stride": spec.stride,
             "dilation": spec.dilation,
             "groups": spec.groups,
             "transposed": spec.transposed,
         }
-        s = to_numpy(singular_values(kernel, layer.input_shape, padding="circular", **common))
+        s = to_numpy(singular_values(kernel, size, padding="circular", **common))
         stats = summarize(s)
         bounds = None
         if not spec.circular:
-            padding = {
+            padding: dict[str, Any] = {
                 "padding": [list(p) for p in spec.pads or ()],
                 "output_padding": layer.options["output_padding"],
             }
-            lower, upper = operator_norm_bounds(kernel, layer.input_shape, **common, **padding)
+            lower, upper = operator_norm_bounds(kernel, size, **common, **padding)
             bounds = [float(to_numpy(lower)), float(to_numpy(upper))]
         product *= bounds[1] if bounds else stats["operator_norm"]
+        # A singular layer's condition number is infinite, which JSON cannot hold: null ("-" in tables).
+        condition = stats["condition_number"]
         rows.append(
             {
                 "name": layer.name,
@@ -228,7 +232,7 @@ def analyze(
                 "operator_norm": stats["operator_norm"],
                 "norm_bounds": bounds,
                 "smallest_singular_value": stats["smallest"],
-                "condition_number": stats["condition_number"],
+                "condition_number": condition if math.isfinite(condition) else None,
                 "stable_rank": stats["stable_rank"],
                 "singular_values": stats["count"],
                 "singular_values_at_least_one": stats["at_least_one"],
@@ -294,9 +298,8 @@ def format_table(model: Model, rows: list[dict[str, Any]], header: str) -> str:
     right = {2, 3, 6, 8, 9, 10, 11}
 
     def fmt(cells: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=False))
-        )
+        pairs = enumerate(zip(cells, widths, strict=False))
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in pairs)
 
     out = [header, "", fmt(titles), fmt(["-" * w for w in widths]), *(fmt(line) for line in lines), ""]
     out += [
@@ -385,4 +388,4 @@ def plot_spectra(rows: list[dict[str, Any]], spectra: list[Any], path: str, titl
 def _spatial_size(row: dict[str, Any]) -> list[int]:
     ndim = LAYOUTS[row["layout"]][0]
     shape = row["kernel_shape"]
-    return shape[:ndim] if LAYOUTS[row["layout"]][1] else shape[2:]
+    return list(shape[:ndim] if LAYOUTS[row["layout"]][1] else shape[2:])

@@ -201,7 +201,7 @@ def _analyze(args: argparse.Namespace) -> int:
         plot_spectra(rows, spectra, plot, title)
     if args.format == "json":
         # One layer per line: valid JSON that stays readable for models with many layers.
-        text = "[\n" + ",\n".join(f"  {json.dumps(row)}" for row in rows) + "\n]\n"
+        text = "[\n" + ",\n".join(f"  {json.dumps(row, allow_nan=False)}" for row in rows) + "\n]\n"
     elif args.format == "csv":
         text = format_csv(rows)
     else:
