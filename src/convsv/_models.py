@@ -86,12 +86,16 @@ def expand_size(input_size: Sequence[int], ndim: int, what: str) -> tuple[int, .
     return tuple(input_size) * (ndim if len(input_size) == 1 else 1)
 
 
+def dilated_spans(kernel_size: Sequence[int], dilation: Sequence[int]) -> list[int]:
+    """Each spatial axis' extent of a dilated kernel, ``(k - 1) * d + 1``."""
+    return [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=True)]
+
+
 def _need(module: str, what: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError:
-        package = {"safetensors.numpy": "safetensors"}.get(module, module)
-        msg = f"reading {what} needs the {package!r} package: pip install {package}"
+        msg = f"reading {what} needs the {module!r} package: pip install {module}"
         raise ModelError(msg) from None
 
 
@@ -134,8 +138,8 @@ def _guess_layers(arrays: Mapping[str, Any], layout: str | None, channels_last: 
         if not 3 <= array.ndim <= 5:
             continue
         name = key.removesuffix(".weight")
-        layers.append(ConvLayer(name, array, layout_for(array.ndim - 2, last), dict(ASSUMED_OPTIONS)))
-        layers[-1].assumed = True
+        layout_name = layout_for(array.ndim - 2, last)
+        layers.append(ConvLayer(name, array, layout_name, dict(ASSUMED_OPTIONS), assumed=True))
     return layers
 
 
@@ -168,9 +172,7 @@ def read_npz(path: Path, input_size: Sequence[int] | None, layout: str | None) -
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise _unreadable(path, "NumPy .npz", err) from None
     header = arrays.pop("__convsv__", None)
-    return _tensor_archive(
-        path, "npz", arrays, None if header is None else str(header), layout, last=layout is None
-    )
+    return _tensor_archive(path, "npz", arrays, None if header is None else str(header), layout, last=True)
 
 
 def read_safetensors(path: Path, input_size: Sequence[int] | None, layout: str | None) -> Model:
@@ -201,7 +203,7 @@ def _torch_numpy(tensor: Any) -> Any:
 
 def _torch_padding(module: Any) -> tuple[Any, str]:
     """The module's padding as the library's ``padding`` argument, and a note where not exact."""
-    spans = [(k - 1) * d + 1 for k, d in zip(module.kernel_size, module.dilation, strict=True)]
+    spans = dilated_spans(module.kernel_size, module.dilation)
     if module.padding == "valid":
         pads = [(0, 0)] * len(spans)
     elif module.padding == "same":
@@ -377,10 +379,9 @@ def _keras_conv(keras: Any, name: str, layer: Any) -> list[ConvLayer]:
         size_in = size_out = None
     ndim = len(layer.strides)
     padding = layer.padding
-    note = ""
+    spans = dilated_spans(layer.kernel_size, layer.dilation_rate)
     if padding == "causal":  # Conv1D: zeros on the left only
-        span = (layer.kernel_size[0] - 1) * layer.dilation_rate[0] + 1
-        padding = [(span - 1, 0)]
+        padding = [(spans[0] - 1, 0)]
     options = {
         "stride": tuple(layer.strides),
         "dilation": tuple(layer.dilation_rate),
@@ -399,25 +400,19 @@ def _keras_conv(keras: Any, name: str, layer: Any) -> list[ConvLayer]:
         kernel = numpy(layer.kernel if isinstance(layer, depthwise) else layer.depthwise_kernel)
         depth = kernel.reshape((*kernel.shape[:-2], 1, -1))
         options["groups"] = kernel.shape[-2]
-        layers = [
-            ConvLayer(name if isinstance(layer, depthwise) else f"{name}/depthwise", depth, layout, options)
+        if isinstance(layer, depthwise):
+            return [ConvLayer(name, depth, layout, options, size_in)]
+        # Separable: the pointwise 1x1 conv sees the depthwise output, the layer's output size.
+        pointwise = {**ASSUMED_OPTIONS, "padding": "valid"}
+        return [
+            ConvLayer(f"{name}/depthwise", depth, layout, options, size_in),
+            ConvLayer(f"{name}/pointwise", numpy(layer.pointwise_kernel), layout, pointwise, size_out),
         ]
-        layers[0].input_shape = size_in
-        if isinstance(layer, separable):
-            mid = None
-            if size_in is not None:
-                mid = size_out  # the pointwise conv keeps the depthwise output's size
-            pointwise = {**ASSUMED_OPTIONS, "padding": "valid"}
-            layers.append(
-                ConvLayer(f"{name}/pointwise", numpy(layer.pointwise_kernel), layout, pointwise, mid)
-            )
-        return layers
     if isinstance(layer, transposed):
         options["transposed"] = True
         if size_in is not None and size_out is not None:
             # Keras' transposed conv is the adjoint of the forward conv that maps its output back
             # to its input with the same padding rule; `output_padding` absorbs the size difference.
-            spans = [(k - 1) * d + 1 for k, d in zip(layer.kernel_size, layer.dilation_rate, strict=True)]
             base = [
                 m * s if padding == "same" else (m - 1) * s + w
                 for m, s, w in zip(size_in, layer.strides, spans, strict=True)
@@ -426,7 +421,7 @@ def _keras_conv(keras: Any, name: str, layer: Any) -> list[ConvLayer]:
             if min(options["output_padding"]) < 0:
                 msg = f"layer {name}: transposed output {size_out} is smaller than convsv's model of it"
                 raise ModelError(msg)
-    return [ConvLayer(name, numpy(layer.kernel), layout, options, size_in, note=note)]
+    return [ConvLayer(name, numpy(layer.kernel), layout, options, size_in)]
 
 
 def read_keras(path: Path, input_size: Sequence[int] | None, layout: str | None) -> Model:
@@ -459,7 +454,7 @@ def read_keras(path: Path, input_size: Sequence[int] | None, layout: str | None)
 # --- ONNX ---------------------------------------------------------------------------------------------
 
 
-def _onnx_constants(onnx: Any, graph: Any) -> dict[str, Any]:
+def _onnx_constants(graph: Any) -> dict[str, Any]:
     """Initializers and ``Constant`` outputs by name, following ``Identity`` nodes."""
     from onnx import numpy_helper
 
@@ -539,7 +534,7 @@ def read_onnx(path: Path, input_size: Sequence[int] | None, layout: str | None) 
         raise _unreadable(path, "ONNX", err) from None
     if not model.graph.node:
         raise _unreadable(path, "ONNX", ValueError("the graph has no nodes"))
-    constants = _onnx_constants(onnx, model.graph)
+    constants = _onnx_constants(model.graph)
     shapes = _onnx_shapes(onnx, model, input_size, path)
     layers = []
     for index, node in enumerate(model.graph.node):
@@ -554,7 +549,7 @@ def read_onnx(path: Path, input_size: Sequence[int] | None, layout: str | None) 
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         strides = list(attrs.get("strides", [1] * ndim))
         dilations = list(attrs.get("dilations", [1] * ndim))
-        spans = [(k - 1) * d + 1 for k, d in zip(kernel.shape[2:], dilations, strict=True)]
+        spans = dilated_spans(kernel.shape[2:], dilations)
         shape = shapes.get(node.input[0])
         size = tuple(shape[2:]) if shape and all(isinstance(n, int) and n > 0 for n in shape[2:]) else None
         transposed = node.op_type == "ConvTranspose"

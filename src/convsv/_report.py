@@ -63,13 +63,13 @@ def to_numpy(values: Any) -> Any:
 # --- backend and device -------------------------------------------------------------------------------
 
 
-def _device_index(device: str) -> int:
-    _, _, index = device.partition(":")
-    try:
-        return int(index or 0)
-    except ValueError:
-        msg = f"--device {device!r}: expected cpu, cuda, cuda:N, gpu or gpu:N"
-        raise ModelError(msg) from None
+def _parse_device(device: str) -> tuple[bool, int]:
+    """``--device`` as (on a GPU?, device index)."""
+    kind, _, index = device.partition(":")
+    if device == "cpu" or (kind in ("cuda", "gpu") and (not index or index.isdigit())):
+        return device != "cpu", int(index or 0)
+    msg = f"--device {device!r}: expected cpu, cuda, cuda:N, gpu or gpu:N"
+    raise ModelError(msg)
 
 
 def _available(backend: str) -> bool:
@@ -78,11 +78,7 @@ def _available(backend: str) -> bool:
 
 def converter(backend: str | None, device: str) -> tuple[str, Callable[[Any], Any]]:
     """The backend to compute with and a function moving a NumPy kernel onto ``device`` there."""
-    gpu = device != "cpu"
-    if device != "cpu" and device.partition(":")[0] not in ("cuda", "gpu"):
-        msg = f"--device {device!r}: expected cpu, cuda, cuda:N, gpu or gpu:N"
-        raise ModelError(msg)
-    index = _device_index(device) if gpu else 0
+    gpu, index = _parse_device(device)
     if backend is None:
         candidates = ("torch", "cupy", "jax") if gpu else ("numpy",)
         backend = next((b for b in candidates if _available(b)), None)
@@ -147,12 +143,12 @@ def resolve_sizes(model: Model, input_size: Sequence[int] | None) -> None:
         layer.input_shape = expand_size(input_size, layer.ndim, f"layer {layer.name!r}")
 
 
-def layer_specs(layer: ConvLayer) -> tuple[ConvSpec, ConvSpec]:
-    """The layer as stored, and the circular layer on the same map whose exact spectrum is reported."""
+def layer_spec(layer: ConvLayer) -> ConvSpec:
+    """The layer as stored, once the circular layer on its map (whose spectrum is reported) is checked too."""
     circular = {**layer.options, "padding": "circular", "output_padding": 0}
     try:
-        spec = conv_spec(tuple(layer.kernel.shape), layer.input_shape, layer.layout, **layer.options)
-        return spec, conv_spec(tuple(layer.kernel.shape), layer.input_shape, layer.layout, **circular)
+        conv_spec(tuple(layer.kernel.shape), layer.input_shape, layer.layout, **circular)
+        return conv_spec(tuple(layer.kernel.shape), layer.input_shape, layer.layout, **layer.options)
     except (TypeError, ValueError) as err:
         size = "x".join(map(str, layer.input_shape or ()))
         hint = " (the exact spectrum is the circular layer's: choose an --input-size every stride divides)"
@@ -188,11 +184,11 @@ def analyze(
     to_backend: Callable[[Any], Any],
     progress: Progress,
 ) -> tuple[list[dict[str, Any]], list[Any]]:
-    """One report row and the sorted circular spectrum for each layer, in order."""
-    specs = [layer_specs(layer) for layer in model.layers]  # every error before any work
+    """One report row and the circular layer's singular values for each layer, in order."""
+    specs = [layer_spec(layer) for layer in model.layers]  # every error before any work
     rows, spectra = [], []
     product = 1.0
-    for done, (layer, (spec, _circular)) in enumerate(zip(model.layers, specs, strict=True)):
+    for done, (layer, spec) in enumerate(zip(model.layers, specs, strict=True)):
         progress.show(done, layer.name)
         kernel = to_backend(layer.kernel)
         size = layer.input_shape
@@ -207,12 +203,10 @@ def analyze(
         s = to_numpy(singular_values(kernel, size, padding="circular", **common))
         stats = summarize(s)
         bounds = None
+        pads = [list(p) for p in spec.pads or ()]
         if not spec.circular:
-            padding: dict[str, Any] = {
-                "padding": [list(p) for p in spec.pads or ()],
-                "output_padding": layer.options["output_padding"],
-            }
-            lower, upper = operator_norm_bounds(kernel, size, **common, **padding)
+            extra = layer.options["output_padding"]
+            lower, upper = operator_norm_bounds(kernel, size, padding=pads, output_padding=extra, **common)
             bounds = [float(to_numpy(lower)), float(to_numpy(upper))]
         product *= bounds[1] if bounds else stats["operator_norm"]
         # A singular layer's condition number is infinite, which JSON cannot hold: null ("-" in tables).
@@ -225,7 +219,7 @@ def analyze(
                 "stride": list(spec.stride),
                 "dilation": list(spec.dilation),
                 "groups": spec.groups,
-                "padding": "circular" if spec.circular else [list(p) for p in spec.pads or ()],
+                "padding": "circular" if spec.circular else pads,
                 "transposed": spec.transposed,
                 "input_shape": list(spec.layer_input),
                 "output_shape": list(spec.layer_output),
@@ -242,16 +236,10 @@ def analyze(
                 "note": layer.note or None,
             }
         )
-        spectra.append(_sorted_descending(s))
+        spectra.append(s)
     progress.show(len(model.layers), "done")
     progress.close()
     return rows, spectra
-
-
-def _sorted_descending(s: Any) -> Any:
-    import numpy as np
-
-    return np.sort(np.ravel(s))[::-1]
 
 
 # --- output -------------------------------------------------------------------------------------------
@@ -361,7 +349,7 @@ def plot_spectra(rows: list[dict[str, Any]], spectra: list[Any], path: str, titl
     for order, i in enumerate(shown):
         t = order / max(len(shown) - 1, 1)
         color = (1.0 - t, 0.75 * t, 0.0)
-        s = spectra[i]
+        s = np.sort(np.ravel(spectra[i]))[::-1]
         rank = np.arange(1, s.size + 1)
         ratio = s / s[0] if s[0] > 0 else np.zeros_like(s)
         label = rows[i]["name"]

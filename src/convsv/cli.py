@@ -63,18 +63,6 @@ def _padding(text: str) -> str | int:
         raise argparse.ArgumentTypeError(msg) from None
 
 
-def _to_backend(kernel: Any, backend: str) -> Any:
-    if backend == "torch":
-        import torch
-
-        return torch.asarray(kernel)
-    if backend == "jax":
-        import jax.numpy as jnp
-
-        return jnp.asarray(kernel)
-    return kernel
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="convsv",
@@ -292,7 +280,10 @@ def _spectrum(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         "padding": args.padding,
         "transposed": args.transposed,
     }
-    array = _to_backend(kernel, args.backend)
+    try:
+        array = converter(args.backend, "cpu")[1](kernel)
+    except ModelError as err:  # the backend is not installed
+        parser.error(str(err))
     try:
         bounds = [
             to_numpy(b) for b in operator_norm_bounds(array, input_shape, layout=args.layout, **options)
