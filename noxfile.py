@@ -1,13 +1,14 @@
 """Test, lint, type-check and documentation sessions.
 
-``nox`` runs the default sessions: the core test suite once per array
-backend (numpy, array_api_strict, torch, jax) on the CPU, the command line on every
-model format (``cli``), the training
-adapters once per framework (``adapters-torch``, ``adapters-keras-jax``,
-``adapters-keras-torch``, ``adapters-keras-tensorflow``, ``adapters-optax``),
-``lint``, ``typecheck`` and ``docs``. ``nox -t gpu`` runs the GPU session in the current interpreter
-(for machines with CUDA, torch/jax/cupy preinstalled and no package index). ``nox -s bench`` runs the
-benchmarks (not a default session; ``nox -s bench -- --quick`` for a smoke run).
+``nox`` runs the default sessions: the core test suite once per array backend
+(numpy, array_api_strict, torch, jax) on the CPU, the command line on every model
+format (``cli``), the training adapters once per framework (``adapters-torch``,
+``adapters-keras-jax``, ``adapters-keras-torch``, ``adapters-keras-tensorflow``,
+``adapters-optax``), the experiments' ``--quick`` runs (``experiments``), ``lint``,
+``typecheck`` and ``docs``. ``nox -t gpu`` runs the GPU session in the current
+interpreter (for machines with CUDA, torch/jax/cupy preinstalled and no package
+index). ``nox -s bench`` runs the benchmarks (not a default session;
+``nox -s bench -- --quick`` for a smoke run).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def tests(session: nox.Session, backend: str) -> None:
         "-n",
         "2",
         "--ignore=tests/adapters",
+        "--ignore=tests/experiments",
         *session.posargs,
         env={**TEST_ENV, "CONVSV_BACKENDS": backend},
     )
@@ -105,6 +107,24 @@ def cli(session: nox.Session) -> None:
         "tests/test_cli.py",
         *session.posargs,
         env={**TEST_ENV, "CONVSV_BACKENDS": "numpy", "CONVSV_REQUIRE_FORMATS": "1", "KERAS_BACKEND": "jax"},
+    )
+
+
+# The experiments' --quick runs, on tiny generated data (CIFAR-format files written by the tests).
+EXPERIMENTS = [TORCH, "jax", "matplotlib", "scikit-learn"]
+
+
+@nox.session
+def experiments(session: nox.Session) -> None:
+    """Every script in experiments/ in its ``--quick`` mode, its outputs checked for the expected fields."""
+    session.install(*EXPERIMENTS, "-e", ".[test]")
+    session.run(
+        "pytest",
+        "-n",
+        "2",
+        "tests/experiments",
+        *session.posargs,
+        env={**TEST_ENV, "CONVSV_BACKENDS": "numpy"},
     )
 
 
