@@ -27,11 +27,15 @@ numpydoc_show_class_members = False
 autodoc_typehints = "none"
 
 html_theme = "pydata_sphinx_theme"
-html_title = "convsv"
+html_title = f"convsv {release}"
 html_theme_options = {
     "navigation_with_keys": False,
     "show_toc_level": 2,
+    "navbar_center": [],  # the sidebar has every page, under its section's caption
 }
+# The theme's sidebar shows one section; this one shows the whole site, captions included.
+templates_path = ["_templates"]
+html_sidebars = {"**": ["sidebar-nav-full"]}
 # MathJax is loaded from its CDN by the browser; the build itself needs no network.
 
 # Plots are drawn by running their scripts during the build.

@@ -7,7 +7,7 @@ from ._norms import operator_norm, operator_norm_bounds, singular_values
 from ._operator import conv_matrix
 from ._projection import ClipInfo, clip_operator_norm, clip_singular_values
 
-__version__ = "0.1.0.dev0"
+__version__ = "0.1.0"
 
 __all__ = [
     "ClipInfo",
