@@ -6,6 +6,8 @@ process that loads only NumPy.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import NamedTuple
 
 
@@ -47,47 +49,14 @@ def resnet50_convs() -> list[ConvShape]:
 def resnet32(num_classes: int = 10):
     """CIFAR ResNet-32 (He et al. 2016, section 4.2): 31 convolutions, batch norm, 0.46 M parameters.
 
-    A 3x3 stem convolution to 16 channels, then three stages of five basic blocks
-    (two 3x3 convolutions each) with 16, 32 and 64 channels on 32x32, 16x16 and 8x8
-    maps; the first block of stages 2 and 3 has stride 2. Shortcuts are the paper's
-    option A (identity, subsampled and zero-padded in channels), so every
-    convolution of the model is one of the 31 3x3 layers.
+    The one definition lives in ``experiments/clipping.py`` (``cifar_resnet``), which the
+    paper's clipping experiments train: a 3x3 stem convolution to 16 channels, then three
+    stages of five basic blocks with 16, 32 and 64 channels on 32x32, 16x16 and 8x8 maps,
+    and option-A shortcuts (no convolution), so every convolution is one of the 31 3x3 layers.
     """
-    import torch
-    from torch import nn
+    experiments = str(Path(__file__).resolve().parents[1] / "experiments")
+    if experiments not in sys.path:
+        sys.path.insert(0, experiments)
+    from clipping import cifar_resnet
 
-    class Shortcut(nn.Module):
-        """Option A: keep every other position, pad the new channels with zeros."""
-
-        def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-            super().__init__()
-            self.stride, self.pad = stride, c_out - c_in
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            if self.stride == 1 and self.pad == 0:
-                return x
-            x = x[:, :, :: self.stride, :: self.stride]
-            return nn.functional.pad(x, (0, 0, 0, 0, 0, self.pad))
-
-    class BasicBlock(nn.Module):
-        def __init__(self, c_in: int, c_out: int, stride: int) -> None:
-            super().__init__()
-            self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(c_out)
-            self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(c_out)
-            self.shortcut = Shortcut(c_in, c_out, stride)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = torch.relu(self.bn1(self.conv1(x)))
-            y = self.bn2(self.conv2(y))
-            return torch.relu(y + self.shortcut(x))
-
-    layers: list[nn.Module] = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
-    c_in = 16
-    for c_out, stride in [(16, 1), (32, 2), (64, 2)]:
-        for block in range(5):
-            layers.append(BasicBlock(c_in, c_out, stride if block == 0 else 1))
-            c_in = c_out
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, num_classes)]
-    return nn.Sequential(*layers)
+    return cifar_resnet(32, num_classes=num_classes)

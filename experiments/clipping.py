@@ -18,6 +18,7 @@ It is a helper module, not a script.
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -125,7 +126,7 @@ class Setting:
     @property
     def label(self) -> str:
         """``"baseline"``, ``"convsv 1.0"``, ``"reshaped 0.2"``."""
-        return self.method if self.bound is None else f"{self.method} {self.bound:g}"
+        return self.method if self.bound is None else f"{self.method} {float(self.bound)!r}"
 
 
 def parse_settings(text: str) -> list[Setting]:
@@ -144,6 +145,26 @@ def parse_settings(text: str) -> list[Setting]:
     return settings
 
 
+def settings_type(text: str) -> list[Setting]:
+    """argparse ``type`` for a --settings option: a usage error (exit 2) that names the bad item."""
+    try:
+        return parse_settings(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` for counts: seeds, epochs, steps, jobs."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"expected a positive integer, got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _reshaped(layer: nn.Module) -> torch.Tensor:
     """The kernel as the matrix ``spectral_norm`` sees: its first axis against all the others."""
     weight = layer.weight.detach()
@@ -154,6 +175,8 @@ def clip_reshaped_(model: nn.Module, bound: float) -> None:
     """Clip the singular values of every convolution's reshaped kernel to ``bound``, in place."""
     with torch.no_grad():
         for _, layer in convsv_torch.conv_layers(model):
+            if not torch.isfinite(layer.weight).all():
+                continue  # a diverged run: nothing to clip, and the SVD would raise
             u, s, vh = torch.linalg.svd(_reshaped(layer), full_matrices=False)
             layer.weight.copy_(((u * s.clamp(max=bound)) @ vh).reshape(layer.weight.shape))
 
@@ -188,6 +211,9 @@ def operator_norms(model: nn.Module, example_input: torch.Tensor) -> dict[str, f
     norms = {}
     for name, shape in input_shapes(model, example_input).items():
         layer = model.get_submodule(name)
+        if not torch.isfinite(layer.weight).all():
+            norms[name] = math.nan  # a diverged run (convsv's zero-padding iteration raises on NaN)
+            continue
         # float64: the zero-padded norm is iterated to a relative 1e-6.
         weight = layer.weight.detach().double()
         options = convsv_torch.layer_options(layer, shape)
@@ -197,10 +223,12 @@ def operator_norms(model: nn.Module, example_input: torch.Tensor) -> dict[str, f
 
 def reshaped_norms(model: nn.Module) -> dict[str, float]:
     """Largest singular value of every convolution's reshaped kernel."""
-    return {
-        name: float(torch.linalg.matrix_norm(_reshaped(layer).double(), ord=2))
-        for name, layer in convsv_torch.conv_layers(model)
-    }
+    norms = {}
+    for name, layer in convsv_torch.conv_layers(model):
+        matrix = _reshaped(layer).double()
+        finite = bool(torch.isfinite(matrix).all())  # the SVD raises on NaN
+        norms[name] = float(torch.linalg.matrix_norm(matrix, ord=2)) if finite else math.nan
+    return norms
 
 
 # --- one training run ----------------------------------------------------------------------------
