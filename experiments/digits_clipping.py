@@ -263,8 +263,9 @@ def markdown_table(summary: list[dict[str, Any]]) -> str:
 def plot(runs: list[dict[str, Any]], labels: list[str], path: Path) -> None:
     """Test error per setting, one panel per batch-norm choice: seeds as dots, their mean as a bar."""
     panels = sorted({r["batch_norm"] for r in runs}, reverse=True)
-    figure = Figure(figsize=(4 + 0.9 * len(labels) * len(panels), 4.2), layout="constrained")
-    axes = figure.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    figure = Figure(figsize=(2 + 1.1 * len(labels), 1 + 3 * len(panels)), layout="constrained")
+    # One row per panel, each with its own scale: with batch norm the errors differ by tenths of a percent.
+    axes = figure.subplots(len(panels), 1, squeeze=False)[:, 0]
     rng = np.random.default_rng(0)  # horizontal jitter only, so that equal errors stay visible
     for ax, batch_norm in zip(axes, panels, strict=True):
         for i, label in enumerate(labels):
@@ -276,11 +277,13 @@ def plot(runs: list[dict[str, Any]], labels: list[str], path: Path) -> None:
             color = "0.5" if label == "baseline" else ("C0" if label.startswith("convsv") else "C1")
             ax.bar(i, statistics.fmean(errors), width=0.6, color=color, alpha=0.35)
             ax.scatter(i + rng.uniform(-0.15, 0.15, len(errors)), errors, color=color, s=18, zorder=3)
-        ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+        ax.set_xticks(range(len(labels)), labels)
         ax.set_title(f"batch norm {'on' if batch_norm else 'off'}")
+        ax.set_ylabel("test error (%)")
         ax.grid(axis="y", alpha=0.3)
-    axes[0].set_ylabel("test error (%)")
-    figure.suptitle(f"digits, depth-{DEPTH} ResNet: bars are means over seeds, dots single seeds")
+    figure.suptitle(
+        f"digits, depth-{DEPTH} ResNet: bars are means over seeds, dots single seeds", size="medium"
+    )
     FigureCanvasAgg(figure).print_png(path)
 
 
