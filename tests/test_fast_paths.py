@@ -110,6 +110,18 @@ def test_norm_methods_propagate_nan(backend, method):
     assert np.isnan(float(value))
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_zero_padded_norm_and_bounds_propagate_non_finite(backend, bad):
+    # The docstring's promise: NaN out, not an exception from the Lanczos iteration's small SVD.
+    kernel = np.ones((3, 3, 2, 2))
+    kernel[0, 2, 1, 0] = bad
+    k = backend.asarray(kernel, backend.default_float)
+    assert np.isnan(float(convsv.operator_norm(k, 6, padding=1)))
+    lower, upper = convsv.operator_norm_bounds(k, 6, padding=1)
+    assert np.isnan(float(lower))
+    assert not np.isfinite(float(upper))
+
+
 @pytest.mark.parametrize(("shape", "n", "options"), LAYERS[:4], ids=IDS[:4])
 @pytest.mark.parametrize("method", ["alternating", "extrapolated", "dykstra"])
 def test_chunked_projection_equals_the_whole(backend, rng, shape, n, options, method):

@@ -354,10 +354,15 @@ def padded_norm(
     returned value ``||A(kernel) v||`` equals the Ritz value, is a lower bound
     of the norm, and its gradient is the norm's (the envelope theorem).
     """
+    # A non-finite tap would reach the iteration's small SVD, which raises on NaN: iterate on a zero
+    # kernel instead and return NaN, as the circular route does (no host round trip, jit-safe).
+    finite = xp.all(xp.isfinite(kernel))
+    kernel = xp.where(finite, kernel, xp.zeros_like(kernel))
     _, vector, _ = lanczos_norm(
         PaddedLayer(stop_gradient(kernel), spec, xp), tol=tol, cycle=cycle, cycles=cycles
     )
     vector = stop_gradient(vector)
     layer = PaddedLayer(kernel, spec, xp)
     image = layer.apply(xp.reshape(vector, (*spec.conv_input, spec.in_channels)))
-    return xp.linalg.vector_norm(xp.reshape(image, (-1,)))
+    norm = xp.linalg.vector_norm(xp.reshape(image, (-1,)))
+    return xp.where(finite, norm, xp.full_like(norm, float("nan")))
