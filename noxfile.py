@@ -171,11 +171,16 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the documentation with warnings as errors, and run its examples and the README's."""
-    # The API pages import the adapters, so their frameworks are installed too (Keras on JAX).
-    session.install(TORCH, "jax", "keras>=3.5", "optax>=0.2.3", "flax>=0.10", "equinox>=0.11")
+    """Build the documentation with warnings as errors, and run every example in it and in the README."""
+    # The API pages import the adapters, so their frameworks are installed too (Keras on JAX);
+    # onnx reads the model.onnx of the command line examples.
+    session.install(TORCH, "jax", "keras>=3.5", "optax>=0.2.3", "flax>=0.10", "equinox>=0.11", "onnx>=1.14")
     session.install("-e", ".[docs,test]")
-    env = {**TEST_ENV, "KERAS_BACKEND": "jax"}
+    # CONVSV_REQUIRE_FORMATS: a command line example whose package is missing fails instead of skipping.
+    env = {**TEST_ENV, "KERAS_BACKEND": "jax", "CONVSV_REQUIRE_FORMATS": "1"}
     session.run("sphinx-build", "-W", "--keep-going", "-n", "-b", "html", "docs", "docs/_build/html", env=env)
-    pages = sorted(str(page) for page in Path("docs").glob("*.md"))
-    session.run("pytest", "README.md", *pages, "-p", "no:cacheprovider", env=env)
+    # Every page's doctests (subfolders included), and the console examples and the rule that
+    # every Python block is a doctest (tests/test_docs_examples.py).
+    pages = sorted(str(page) for page in Path("docs").rglob("*.md") if "_build" not in page.parts)
+    examples = ["README.md", *pages, "tests/test_docs_examples.py"]
+    session.run("pytest", "-n", "2", *examples, "-p", "no:cacheprovider", env=env)
