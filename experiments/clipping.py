@@ -211,10 +211,7 @@ def operator_norms(model: nn.Module, example_input: torch.Tensor) -> dict[str, f
     norms = {}
     for name, shape in input_shapes(model, example_input).items():
         layer = model.get_submodule(name)
-        if not torch.isfinite(layer.weight).all():
-            norms[name] = math.nan  # a diverged run (convsv's zero-padding iteration raises on NaN)
-            continue
-        # float64: the zero-padded norm is iterated to a relative 1e-6.
+        # NaN for a diverged run's weights. float64: the zero-padded norm is iterated to a relative 1e-6.
         weight = layer.weight.detach().double()
         options = convsv_torch.layer_options(layer, shape)
         norms[name] = float(convsv.operator_norm(weight, shape, **options))
