@@ -6,6 +6,7 @@ process that loads only NumPy.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import NamedTuple
@@ -54,9 +55,17 @@ def resnet32(num_classes: int = 10):
     stages of five basic blocks with 16, 32 and 64 channels on 32x32, 16x16 and 8x8 maps,
     and option-A shortcuts (no convolution), so every convolution is one of the 31 3x3 layers.
     """
+    return _clipping().cifar_resnet(32, num_classes=num_classes)
+
+
+def conv_input_shapes(model, example):
+    """Each convolution's input spatial shape, from one forward pass (``input_shapes`` of the experiments)."""
+    return _clipping().input_shapes(model, example)
+
+
+def _clipping():
+    """``experiments/clipping.py``, which holds what the benchmarks share with the experiments."""
     experiments = str(Path(__file__).resolve().parents[1] / "experiments")
     if experiments not in sys.path:
         sys.path.insert(0, experiments)
-    from clipping import cifar_resnet
-
-    return cifar_resnet(32, num_classes=num_classes)
+    return importlib.import_module("clipping")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from models import resnet32
+from models import conv_input_shapes, resnet32
 
 import convsv
 import convsv.torch
@@ -283,20 +283,6 @@ def sweep(timer: Timer, device: str, quick: bool) -> list[dict]:
 
 
 # --- resnet32 -------------------------------------------------------------------------------------
-
-
-def conv_input_shapes(model: torch.nn.Module, example: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """Each convolution's input spatial shape, from one forward pass (as the clipper records them)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    handles = [
-        layer.register_forward_pre_hook(lambda _, args, name=name: shapes.update({name: args[0].shape[2:]}))
-        for name, layer in convsv.torch.conv_layers(model)
-    ]
-    with torch.no_grad():
-        model(example)
-    for handle in handles:
-        handle.remove()
-    return {name: tuple(shape) for name, shape in shapes.items()}
 
 
 def resnet32_suite(timer: Timer, device: str, quick: bool) -> dict:

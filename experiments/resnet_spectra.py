@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from clipping import input_shapes
 from imagenet_resnet import ARCHITECTURES, ResNet, resnet
 
 import convsv
@@ -154,29 +155,11 @@ def load_checkpoint(model: ResNet, arch: str, path: Path) -> None:
 # --- the experiment -----------------------------------------------------------------------------------
 
 
-def feature_maps(model: torch.nn.Module, input_size: int) -> dict[str, tuple[int, ...]]:
-    """Each convolution's input map size, recorded by running the network on zeros."""
-    sizes: dict[str, tuple[int, ...]] = {}
-
-    def recorder(name: str) -> Any:
-        def record(_layer: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:  # None: input unchanged
-            sizes[name] = tuple(args[0].shape[2:])
-
-        return record
-
-    handles = [layer.register_forward_pre_hook(recorder(name)) for name, layer in conv_layers(model)]
-    with torch.no_grad():
-        model.eval()(torch.zeros(1, 3, input_size, input_size))
-    for handle in handles:
-        handle.remove()
-    return sizes
-
-
 def layer_spectra(
     model: torch.nn.Module, input_size: int, to_backend: Any, bounds: bool
 ) -> tuple[list[dict[str, Any]], list[Any]]:
     """One JSON row and the circular layer's singular values (NumPy) for each convolution, in order."""
-    sizes = feature_maps(model, input_size)
+    sizes = input_shapes(model, torch.zeros(1, 3, input_size, input_size))
     convs = list(conv_layers(model))
     rows, spectra = [], []
     start = time.perf_counter()
