@@ -9,7 +9,7 @@ from typing import Any
 from ._docs import fill_layer_doc
 from ._layout import ConvSpec, parse
 from ._lib import Array, Namespace, device_of, full_precision, on_accelerator, pad_axis, zero_d
-from ._operator import forward_matrix, padded_norm
+from ._operator import BLOCK_CAPACITY, LANCZOS_CAPACITY, basis_rows, forward_matrix, padded_values
 from ._spectrum import (
     blocks_by_rows,
     gram_iteration_bounds,
@@ -23,10 +23,6 @@ from ._spectrum import (
 
 #: Largest dense matrix (entries) whose SVD :func:`singular_values` computes for zero padding.
 MAX_DENSE_SVD = 2**24
-
-#: Lanczos steps per restart cycle for zero padding.
-LANCZOS_CYCLE = 32
-
 
 #: Ways to compute the circular layer's norm (see :func:`operator_norm`).
 NORM_METHODS = ("auto", "svd", "eigh", "gram", "power")
@@ -118,10 +114,36 @@ def _check_iterations(iterations: object) -> None:
         raise ValueError(msg)
 
 
-def _lanczos_options(tol: float | None, iterations: int, dtype: Any, xp: Namespace) -> dict[str, Any]:
-    tol = _tolerance(tol, dtype, xp)
+def padded_norm_options(
+    kernel: Array, spec: ConvSpec, xp: Namespace, tol: float | None, iterations: int, max_memory: int | None
+) -> dict[str, Any]:
+    """The public options of a zero-padded norm, checked, as :func:`padded_values` takes them."""
     _check_iterations(iterations)
-    return {"tol": float(tol), "cycle": LANCZOS_CYCLE, "cycles": -(-iterations // LANCZOS_CYCLE)}
+    check_chunking(None, max_memory)
+    rows = basis_rows(1, spec, _itemsize(kernel, xp), max_memory, LANCZOS_CAPACITY)
+    return {"tol": _tolerance(tol, kernel.dtype, xp), "iterations": iterations, "capacity": rows}
+
+
+def padded_norm(
+    kernel: Array, spec: ConvSpec, xp: Namespace, tol: float | None, iterations: int, max_memory: int | None
+) -> Array:
+    """The zero-padded layer's norm (see :func:`padded_values`)."""
+    options = padded_norm_options(kernel, spec, xp, tol, iterations, max_memory)
+    norm, _ = padded_values(kernel, spec, xp, count=None, **options)
+    return zero_d(norm, xp)
+
+
+def _itemsize(kernel: Array, xp: Namespace) -> int:
+    return 8 if kernel.dtype in (xp.float64, xp.complex64) else 16 if kernel.dtype == xp.complex128 else 4
+
+
+def _check_count(k: object, total: int) -> int | None:
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= total:
+        msg = f"`k` must be None or an int from 1 to the number of singular values ({total}), got {k!r}"
+        raise ValueError(msg)
+    return k
 
 
 @full_precision
@@ -137,6 +159,9 @@ def singular_values(
     transposed: bool = False,
     padding: str | int | Sequence[Any] = "circular",
     output_padding: int | Sequence[int] = 0,
+    k: int | None = None,
+    tol: float | None = None,
+    iterations: int = 640,
     chunk_size: int | None = None,
     max_memory: int | None = DEFAULT_MAX_MEMORY,
     xp: Namespace | None = None,
@@ -257,6 +282,7 @@ def singular_values(
     >>> convsv.singular_values(kernel, (6, 10), layout="OIHW", stride=2).shape
     (3, 5, 8)
     """
+    top = k  # the parsed kernel takes the name below
     k, spec, xp, _ = parse(
         kernel,
         input_shape,
@@ -270,29 +296,61 @@ def singular_values(
         output_padding=output_padding,
     )
     check_chunking(chunk_size, max_memory)
+    count = _check_count(top, _count_of_values(spec))
+    tolerance = _tolerance(tol, k.dtype, xp)
+    _check_iterations(iterations)
     if spec.circular:
-        pointwise = _pointwise(k, spec, xp)
-        if pointwise is not None:
-            values = matrix_singular_values(pointwise, xp)  # (G, min(i, o))
-            rank = min(spec.phases * spec.group_in, spec.group_out)
-            values = pad_axis(values, 1, 0, rank - values.shape[1], xp)
-            values = xp.broadcast_to(values, (*spec.freq_grid, *values.shape))
-            return spectrum_rows(values, spec, xp)
-        chunks = [
-            matrix_singular_values(blocks, xp)
-            for _, blocks in blocks_by_rows(k, spec, xp, chunk_size, max_memory)
-        ]
-        values = xp.concat(chunks, axis=0) if len(chunks) > 1 else chunks[0]
-        return spectrum_rows(mirror_rows(values, spec, xp), spec, xp)
-    entries = spec.out_channels * math.prod(spec.conv_output) * spec.in_channels * math.prod(spec.conv_input)
-    if entries > MAX_DENSE_SVD:
+        values = _circular_spectrum(k, spec, xp, chunk_size, max_memory)
+        return values if count is None else _largest(values, count, xp)
+    n_in, n_out = (
+        spec.in_channels * math.prod(spec.conv_input),
+        spec.out_channels * math.prod(spec.conv_output),
+    )
+    if n_in * n_out <= MAX_DENSE_SVD:
+        values = matrix_singular_values(forward_matrix(k, spec, xp), xp)
+        return values if count is None else values[:count]
+    if count is None:
         msg = (
-            f"with zero padding the spectrum needs a dense SVD, and this layer's matrix has {entries} "
-            f"entries (the limit is {MAX_DENSE_SVD}); use operator_norm or operator_norm_bounds, "
-            "which work matrix-free, or padding='circular' for the exact spectrum of the circular layer"
+            f"with zero padding the whole spectrum needs a dense SVD, and this layer's matrix has "
+            f"{n_in * n_out} entries (the limit is {MAX_DENSE_SVD}); pass `k` for the k largest by "
+            "block Lanczos, use operator_norm or operator_norm_bounds, which work matrix-free, or "
+            "padding='circular' for the exact spectrum of the circular layer"
         )
         raise ValueError(msg)
-    return matrix_singular_values(forward_matrix(k, spec, xp), xp)
+    rows = basis_rows(3, spec, _itemsize(k, xp), max_memory, max(BLOCK_CAPACITY, 4 * count))
+    values, _ = padded_values(k, spec, xp, count=count, tol=tolerance, iterations=iterations, capacity=rows)
+    return values
+
+
+def _circular_spectrum(
+    k: Array, spec: ConvSpec, xp: Namespace, chunk_size: int | None, max_memory: int | None
+) -> Array:
+    """Every singular value of the circular layer, ``(*freq_grid, values per frequency)``."""
+    pointwise = _pointwise(k, spec, xp)
+    if pointwise is not None:
+        values = matrix_singular_values(pointwise, xp)  # (G, min(i, o))
+        rank = min(spec.phases * spec.group_in, spec.group_out)
+        values = pad_axis(values, 1, 0, rank - values.shape[1], xp)
+        values = xp.broadcast_to(values, (*spec.freq_grid, *values.shape))
+        return spectrum_rows(values, spec, xp)
+    chunks = [
+        matrix_singular_values(blocks, xp)
+        for _, blocks in blocks_by_rows(k, spec, xp, chunk_size, max_memory)
+    ]
+    values = xp.concat(chunks, axis=0) if len(chunks) > 1 else chunks[0]
+    return spectrum_rows(mirror_rows(values, spec, xp), spec, xp)
+
+
+def _count_of_values(spec: ConvSpec) -> int:
+    """How many singular values the layer has (its matrix's smaller side, zeros included)."""
+    if spec.circular:
+        return spec.n_blocks * spec.groups * min(spec.phases * spec.group_in, spec.group_out)
+    return min(spec.in_channels * math.prod(spec.conv_input), spec.out_channels * math.prod(spec.conv_output))
+
+
+def _largest(values: Array, count: int, xp: Namespace) -> Array:
+    """The ``count`` largest entries of ``values``, descending, as a 1-D array."""
+    return xp.flip(xp.sort(xp.reshape(values, (-1,))), axis=0)[:count]
 
 
 @full_precision
@@ -436,7 +494,7 @@ def operator_norm(
             chunk_size=chunk_size,
             max_memory=max_memory,
         )
-    return zero_d(padded_norm(k, spec, xp, **_lanczos_options(tol, iterations, k.dtype, xp)), xp)
+    return padded_norm(k, spec, xp, tol, iterations, max_memory)
 
 
 @full_precision
@@ -536,5 +594,5 @@ def operator_norm_bounds(
     )
     if spec.circular:
         return upper, upper
-    lower = zero_d(padded_norm(k, spec, xp, **_lanczos_options(tol, iterations, k.dtype, xp)), xp)
+    lower = padded_norm(k, spec, xp, tol, iterations, max_memory)
     return lower, upper

@@ -10,21 +10,25 @@ below.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._docs import fill_layer_doc
 from ._layout import ConvSpec, parse
 from ._lib import (
     Array,
     Namespace,
-    complex_dtype,
+    compiled_for_jax,
+    contiguous,
     device_of,
+    fori,
+    framework_convolution,
     full_precision,
     interleave_zeros,
     pad_axis,
-    repeat,
+    put_rows,
     start_vector,
     stop_gradient,
     while_loop,
@@ -187,182 +191,552 @@ def conv_matrix(
     return xp.matrix_transpose(matrix) if spec.transposed else matrix
 
 
-# --- matrix-free application, for zero padding -------------------------------
+# --- the zero-padded layer, matrix-free --------------------------------------------------------------
+
+
+def _pad_or_crop(x: Array, axis: int, before: int, after: int, xp: Namespace) -> Array:
+    """``x`` with zeros added (positive) or entries removed (negative) at both ends of ``axis``."""
+    x = pad_axis(x, axis, max(before, 0), max(after, 0), xp)
+    if before < 0 or after < 0:
+        keep = slice(max(-before, 0), x.shape[axis] - max(-after, 0))
+        x = x[(*(slice(None),) * axis, keep, ...)]
+    return x
+
+
+def _correlate(
+    x: Array, taps: Array, dilation: Sequence[int], stride: Sequence[int], out: Sequence[int], xp: Namespace
+) -> Array:
+    """``y[r] = sum_p x[r * stride + p * dilation] @ taps[p]``: ``(B, G, c, *P)`` -> ``(B, G, o, *out)``.
+
+    One matrix product per tap over every output position at once, the
+    positions gathered by a strided slice (``taps`` is ``(*k, G, c, o)``).
+    """
+    d = len(out)
+    batch, groups, channels = x.shape[:3]
+    rows = math.prod(out)
+    last = xp.permute_dims(x, (0, 1, *range(3, 3 + d), 2))  # channels last: (B, G, *P, c)
+    total = None
+    for tap in itertools.product(*(range(k) for k in taps.shape[:d])):
+        window = tuple(
+            slice(p * r, p * r + (m - 1) * s + 1, s)
+            for p, r, m, s in zip(tap, dilation, out, stride, strict=True)
+        )
+        gathered = xp.reshape(
+            last[(slice(None), slice(None), *window, slice(None))], (batch, groups, rows, channels)
+        )
+        term = gathered @ taps[(*tap, ...)]
+        total = term if total is None else total + term
+    assert total is not None
+    total = xp.reshape(total, (batch, groups, *out, total.shape[-1]))
+    return xp.permute_dims(total, (0, 1, d + 2, *range(2, d + 2)))
+
+
+#: Relative cost of one complex multiply-add of the FFT route's per-frequency products against
+#: one real multiply-add of a tap's matrix product (measured with NumPy on a 2-core CPU: they are
+#: memory bound, small and batched).
+FFT_PRODUCT_COST = 45
 
 
 class PaddedLayer:
-    """The zero-padded forward convolution and its adjoint, applied by FFT on ``spec.grid``.
+    """The zero-padded forward convolution and its adjoint, applied matrix-free.
 
-    Maps are channels-last, ``(*conv_input, in)`` to ``(*conv_output, out)``.
+    Maps are ``(batch, groups, channels per group, *spatial)``: ``apply``
+    takes ``(B, G, in / G, *conv_input)`` to ``(B, G, out / G, *conv_output)``
+    and ``adjoint`` (the conjugate transpose) back. Groups never mix: each is
+    an operator of its own.
+
+    Where the array's framework has a convolution (PyTorch, JAX), it is
+    used. Elsewhere the layer is a sum over the taps of matrix products on
+    shifted views of the padded map (its adjoint the same sum with the
+    flipped, conjugated taps on the output spread out by the stride), or,
+    when the kernel has many taps, one product per frequency on the FFT grid
+    ``spec.grid``: whichever an operation count says is cheaper.
     """
 
     def __init__(self, kernel: Array, spec: ConvSpec, xp: Namespace) -> None:
-        self.spec, self.xp = spec, xp
-        self.real = not xp.isdtype(kernel.dtype, "complex floating")
-        self.dtype = kernel.dtype
-        self.matrices = transfer_matrices(kernel, spec, xp)  # (*grid, G, i, o)
-        self.adjoint_matrices = xp.conj(xp.matrix_transpose(self.matrices))
-        self.axes = tuple(range(spec.ndim))
+        assert spec.pads is not None
+        self.spec, self.xp, self.dtype, self.device = spec, xp, kernel.dtype, device_of(kernel)
+        d, groups = spec.ndim, spec.groups
+        self.input_shape = (groups, spec.group_in, *spec.conv_input)
+        self.output_shape = (groups, spec.group_out, *spec.conv_output)
+        weight = xp.permute_dims(kernel, (d + 1, d, *range(d)))  # (out, in / G, *k)
+        native = framework_convolution(weight, spec.stride, spec.dilation, groups, spec.pads, spec.conv_input)
+        if native is not None:
+            self.route = "framework"
+            self._forward, self._adjoint = native
+        elif self._fft_is_cheaper():
+            self.route = "fft"
+            self._setup_fft(kernel)
+        else:
+            self.route = "direct"
+            taps = grouped(kernel, spec, xp)  # (*k, G, i, o)
+            self.taps = contiguous(taps, xp)
+            flipped = xp.flip(taps, axis=tuple(range(d))) if d else taps
+            self.adjoint_taps = contiguous(xp.conj(xp.matrix_transpose(flipped)), xp)
 
-    def _convolve(self, x: Array, matrices: Array, channels_in: int, channels_out: int) -> Array:
+    def _fft_is_cheaper(self) -> bool:
+        spec = self.spec
+        channels = spec.in_channels * spec.group_out
+        taps = math.prod(spec.kernel_size)
+        direct = taps * channels * (math.prod(spec.conv_output) + math.prod(spec.conv_input))
+        grid = math.prod(spec.grid)
+        fft = FFT_PRODUCT_COST * channels * grid + 5 * (spec.in_channels + spec.out_channels) * grid * max(
+            1, math.log2(grid)
+        )
+        return fft < direct
+
+    # -- the routes that compose the convolution from the array API ---------------------------------
+
+    def _setup_fft(self, kernel: Array) -> None:
         xp, spec = self.xp, self.spec
-        spectrum = xp.fft.fftn(xp.astype(x, complex_dtype(xp, x.dtype)), axes=self.axes)
-        spectrum = xp.reshape(spectrum, (*spec.grid, spec.groups, 1, channels_in // spec.groups))
-        out = xp.reshape(spectrum @ matrices, (*spec.grid, channels_out))
-        out = xp.fft.ifftn(out, axes=self.axes)
-        return xp.real(out) if self.real else out
+        self.real = not xp.isdtype(kernel.dtype, "complex floating")
+        matrices = transfer_matrices(kernel, spec, xp)  # (*grid, G, i, o)
+        if self.real:  # the half spectrum of real maps
+            matrices = matrices[(*(slice(None),) * (spec.ndim - 1), slice(0, spec.grid[-1] // 2 + 1), ...)]
+        self.freq_shape = matrices.shape[: spec.ndim]
+        flat = xp.reshape(matrices, (math.prod(self.freq_shape), *matrices.shape[spec.ndim :]))
+        self.matrices = contiguous(flat, xp)
+        self.adjoint_matrices = contiguous(xp.conj(xp.matrix_transpose(flat)), xp)
+
+    def _fft_product(self, x: Array, matrices: Array) -> Array:
+        """Circular correlation on the grid: ``(B, G, c, *grid)`` -> ``(B, G, o, *grid)``."""
+        xp, spec = self.xp, self.spec
+        axes = tuple(range(3, 3 + spec.ndim))
+        spectrum = xp.fft.rfftn(x, axes=axes) if self.real else xp.fft.fftn(x, axes=axes)
+        batch, groups, channels = x.shape[:3]
+        spectrum = xp.reshape(spectrum, (batch, groups, channels, -1))
+        product = xp.permute_dims(spectrum, (3, 1, 0, 2)) @ matrices  # (F, G, B, o)
+        product = xp.reshape(xp.permute_dims(product, (2, 1, 3, 0)), (batch, groups, -1, *self.freq_shape))
+        if self.real:
+            return xp.fft.irfftn(product, s=spec.grid, axes=axes)
+        return xp.fft.ifftn(product, axes=axes)
 
     def apply(self, x: Array) -> Array:
-        """``(*conv_input, in)`` -> ``(*conv_output, out)``."""
+        """``(B, G, in / G, *conv_input)`` -> ``(B, G, out / G, *conv_output)``."""
         xp, spec = self.xp, self.spec
         assert spec.pads is not None
+        batch = x.shape[0]
+        if self.route == "framework":
+            flat = xp.reshape(x, (batch, spec.in_channels, *spec.conv_input))
+            return xp.reshape(self._forward(flat), (batch, *self.output_shape))
         for axis, ((before, _), n, g) in enumerate(zip(spec.pads, spec.conv_input, spec.grid, strict=True)):
-            x = pad_axis(x, axis, before, g - n - before, xp)
-        z = self._convolve(x, self.matrices, spec.in_channels, spec.out_channels)
-        keep = (*(slice(0, m * s, s) for m, s in zip(spec.conv_output, spec.stride, strict=True)), ...)
+            after = (g - n - before) if self.route == "fft" else spec.pads[axis][1]
+            x = pad_axis(x, axis + 3, before, after, xp)
+        if self.route == "direct":
+            return _correlate(x, self.taps, spec.dilation, spec.stride, spec.conv_output, xp)
+        z = self._fft_product(x, self.matrices)
+        keep = (..., *(slice(0, m * s, s) for m, s in zip(spec.conv_output, spec.stride, strict=True)))
         return z[keep]
 
     def adjoint(self, y: Array) -> Array:
-        """``(*conv_output, out)`` -> ``(*conv_input, in)``."""
+        """``(B, G, out / G, *conv_output)`` -> ``(B, G, in / G, *conv_input)``."""
         xp, spec = self.xp, self.spec
         assert spec.pads is not None
-        for axis, (m, s, g) in enumerate(zip(spec.conv_output, spec.stride, spec.grid, strict=True)):
-            # each output back at its grid position, zeros between
-            y = interleave_zeros(pad_axis(y, axis, 0, g // s - m, xp), axis, s, xp)
-        x = self._convolve(y, self.adjoint_matrices, spec.out_channels, spec.in_channels)
-        keep = (*(slice(b, b + n) for (b, _), n in zip(spec.pads, spec.conv_input, strict=True)), ...)
+        batch = y.shape[0]
+        if self.route == "framework":
+            flat = xp.reshape(y, (batch, spec.out_channels, *spec.conv_output))
+            return xp.reshape(self._adjoint(flat), (batch, *self.input_shape))
+        # Each output back at the position it read first (r * stride), zeros between.
+        for axis, s in enumerate(spec.stride):
+            y = interleave_zeros(y, axis + 3, s, xp)
+        if self.route == "direct":
+            # x[q] = sum_p y_up[q + before - p * dilation] @ K[p]^H: a correlation with the flipped taps.
+            for axis, ((before, _), n, w, m, s) in enumerate(
+                zip(spec.pads, spec.conv_input, spec.dilated_size, spec.conv_output, spec.stride, strict=True)
+            ):
+                y = _pad_or_crop(y, axis + 3, w - 1 - before, n + before - m * s, xp)
+            ones = (1,) * spec.ndim
+            return _correlate(y, self.adjoint_taps, spec.dilation, ones, spec.conv_input, xp)
+        for axis, (g, m, s) in enumerate(zip(spec.grid, spec.conv_output, spec.stride, strict=True)):
+            y = pad_axis(y, axis + 3, 0, g - m * s, xp)
+        x = self._fft_product(y, self.adjoint_matrices)
+        keep = (..., *(slice(b, b + n) for (b, _), n in zip(spec.pads, spec.conv_input, strict=True)))
         return x[keep]
 
 
-def _orthogonalize(w: Array, basis: Array, xp: Namespace) -> Array:
-    """``w`` minus its projection on the rows of ``basis`` (twice: enough in floating point)."""
-    for _ in range(2):
-        w = w - (xp.conj(basis) @ w) @ basis
-    return w
+# --- the largest singular value: Golub-Kahan-Lanczos ------------------------------------------------
+
+#: Lanczos steps between two looks at the bidiagonal's top singular value.
+CHECK_EVERY = 5
+
+#: The most Lanczos vectors kept (to form the Ritz vector) before the iteration restarts from it.
+LANCZOS_CAPACITY = 160
 
 
-def lanczos_norm(layer: PaddedLayer, *, tol: float, cycle: int, cycles: int) -> tuple[Array, Array, Array]:
-    """Largest singular value of ``layer`` by Golub-Kahan-Lanczos with explicit restarts.
+def _smaller(a: Any, b: Any, xp: Namespace) -> Any:
+    """``min(a, b)`` for Python ints (eager loop counters) or traced JAX integers."""
+    return min(a, b) if isinstance(a, int) and isinstance(b, int) else xp.minimum(a, b)
 
-    Each cycle runs ``cycle`` steps of bidiagonalisation with full
-    reorthogonalisation from the previous cycle's top right Ritz vector, and
-    stops once the Ritz triplet's residual is at most ``tol`` times the Ritz
-    value: then a singular value lies within that distance. (A Ritz value that
-    merely stopped moving can sit between two close singular values, 5e-5
-    away from both.) Returns ``(ritz value, ritz vector, cycles run)``; the
-    Ritz value never exceeds the true norm.
+
+class Ritz(NamedTuple):
+    """A cycle's result, per group: value, unit right vector, whether certified, steps taken."""
+
+    value: Array
+    vector: Array
+    certified: Array
+    steps: Any
+
+
+def _unit(x: Array, norm: Array, floor: Array, xp: Namespace) -> tuple[Array, Array]:
+    """``(x / norm, norm)`` per row, both zero where ``norm <= floor`` (a breakdown: the direction is noise)."""
+    norm = xp.where(norm > floor, norm, xp.zeros_like(norm))
+    inverse = xp.where(norm > 0, 1 / xp.where(norm > 0, norm, xp.ones_like(norm)), xp.zeros_like(norm))
+    return x * xp.astype(inverse, x.dtype)[:, None], norm
+
+
+def _top_of_bidiagonal(alphas: Array, betas: Array, k: Any, xp: Namespace) -> tuple[Array, Array, Array]:
+    """Top singular value, right vector and residual of each group's leading ``k x k`` bidiagonal.
+
+    ``alphas`` (its diagonal) and ``betas`` (superdiagonal, then the next
+    beta) are ``(capacity, G)``. Eagerly ``k`` is an int and the matrix is
+    cut to ``k x k``; traced, the whole capacity is used with zeros past
+    ``k``, which adds only zero singular values. The residual
+    ``||A^T u - value v||`` of the Ritz pair is ``beta_k`` times the last
+    entry of the left vector.
     """
-    xp, spec = layer.xp, layer.spec
-    n_in = math.prod(spec.conv_input) * spec.in_channels
-    n_out = math.prod(spec.conv_output) * spec.out_channels
-    # One more step than the rank can need: after a breakdown the extra steps add zeros.
-    k = max(2, min(cycle, n_in + 1, n_out + 1))
+    size = k if isinstance(k, int) else alphas.shape[0]
+    rows = xp.arange(size, device=device_of(alphas))
+    diagonal = xp.where((rows < k)[:, None], alphas[:size, ...], xp.zeros_like(alphas[:size, ...]))
+    upper = xp.where((rows < k - 1)[:, None], betas[:size, ...], xp.zeros_like(betas[:size, ...]))
+    on_diagonal = rows[:, None] == rows[None, :]
+    on_upper = rows[:, None] + 1 == rows[None, :]
+    zero = xp.zeros((), dtype=alphas.dtype, device=device_of(alphas))
+    bidiagonal = xp.where(on_diagonal, xp.matrix_transpose(diagonal)[:, :, None], zero) + xp.where(
+        on_upper, xp.matrix_transpose(upper)[:, :, None], zero
+    )
+    left, values, right = xp.linalg.svd(bidiagonal)
+    last = rows == k - 1
+    left_last = xp.sum(xp.where(last, left[:, :, 0], xp.zeros_like(left[:, :, 0])), axis=1)
+    next_beta = xp.sum(xp.where(last[:, None], betas[:size, ...], xp.zeros_like(betas[:size, ...])), axis=0)
+    return values[:, 0], right[:, 0, :], xp.abs(left_last) * next_beta
+
+
+def lanczos_norm(
+    layer: PaddedLayer,
+    *,
+    tol: float,
+    iterations: int,
+    capacity: int = LANCZOS_CAPACITY,
+    start: Array | None = None,
+) -> Ritz:
+    """Each group's largest singular value by Golub-Kahan-Lanczos bidiagonalisation.
+
+    The groups run side by side (one batched convolution per step). Each
+    cycle bidiagonalises from its start vector, without reorthogonalisation
+    (the top Ritz pair converges first, before round-off matters, and its
+    residual is checked directly below), looking at the top Ritz value every
+    ``CHECK_EVERY`` steps. When the bidiagonal's residual estimate says every
+    group has settled, or ``capacity`` vectors are stored, the Ritz vector
+    ``v`` is formed and checked on the layer itself: with ``u = A v / ||A v||``
+    the value ``||A v||`` lies within ``||A^T u - ||A v|| v|| / sqrt(2)`` of a
+    singular value (the augmented matrix ``[[0, A], [A^H, 0]]`` has that
+    residual on ``(u, v) / sqrt(2)``). A group is certified when that is at
+    most ``tol`` times the value; otherwise the next cycle starts from ``v``.
+    Stops when all groups are certified or after ``iterations`` steps. The
+    values never exceed the true norms.
+    """
+    xp = layer.xp
+    groups = layer.input_shape[0]
+    n_in, n_out = math.prod(layer.input_shape[1:]), math.prod(layer.output_shape[1:])
     dtype = layer.dtype
-    device = device_of(layer.matrices)
+    real = xp.real(xp.zeros((), dtype=dtype)).dtype
+    size = max(2, min(capacity, n_in + 1, n_out + 1))
+    breakdown = 64 * xp.finfo(real).eps
 
     def forward(v: Array) -> Array:
-        return xp.reshape(layer.apply(xp.reshape(v, (*spec.conv_input, spec.in_channels))), (-1,))
+        return xp.reshape(layer.apply(xp.reshape(v, (1, *layer.input_shape))), (groups, n_out))
 
     def backward(u: Array) -> Array:
-        return xp.reshape(layer.adjoint(xp.reshape(u, (*spec.conv_output, spec.out_channels))), (-1,))
+        return xp.reshape(layer.adjoint(xp.reshape(u, (1, *layer.output_shape))), (groups, n_in))
 
-    rows = xp.arange(k, device=device)
-    breakdown = 64 * xp.finfo(dtype).eps
+    def norms(x: Array) -> Array:
+        return xp.linalg.vector_norm(x, axis=1)
 
-    def bidiagonalize(v0: Array) -> tuple[Array, Array, Array, Array]:
-        """``k`` steps from unit ``v0``: right basis ``(k, n_in)``, bidiagonal entries, next beta.
+    def step(j: Any, state: tuple[Array, ...]) -> tuple[Array, ...]:
+        v, u, alpha, basis, alphas, betas, scale = state
+        floor = breakdown * scale
+        w = backward(u) - xp.astype(alpha, dtype)[:, None] * v
+        w = w - xp.sum(xp.conj(v) * w, axis=1)[:, None] * v  # keep the new vector off the last one
+        v, beta = _unit(w, norms(w), floor, xp)
+        z = forward(v) - xp.astype(beta, dtype)[:, None] * u
+        u, alpha = _unit(z, norms(z), floor, xp)
+        basis = put_rows(basis, j + 1, v[None, ...])
+        betas, alphas = put_rows(betas, j, beta[None, ...]), put_rows(alphas, j + 1, alpha[None, ...])
+        return v, u, alpha, basis, alphas, betas, xp.maximum(scale, alpha)
 
-        The next beta, the norm of the right vector that would come next, scales the residual.
-        """
-        u = forward(v0)
-        alpha0 = xp.linalg.vector_norm(u)
-        # alpha0 = 0 for a layer that reads only zeros: keep u = 0 rather than NaN.
-        u = u / xp.where(alpha0 > 0, alpha0, xp.ones_like(alpha0))
-        basis_v = xp.where(rows[:, None] == 0, v0[None, :], xp.zeros((k, n_in), dtype=dtype, device=device))
-        basis_u = xp.where(rows[:, None] == 0, u[None, :], xp.zeros((k, n_out), dtype=dtype, device=device))
-        alphas = xp.where(rows == 0, alpha0, xp.zeros(k, dtype=alpha0.dtype, device=device))
-        betas = xp.zeros(k, dtype=alpha0.dtype, device=device)
+    def cycle(v0: Array, budget: Any) -> Ritz:
+        device = device_of(v0)
+        image = forward(v0)
+        u, alpha = _unit(image, norms(image), xp.zeros((groups,), dtype=real, device=device), xp)
+        basis = put_rows(xp.zeros((size, groups, n_in), dtype=dtype, device=device), 0, v0[None, ...])
+        alphas = put_rows(xp.zeros((size, groups), dtype=real, device=device), 0, alpha[None, ...])
+        betas = xp.zeros((size, groups), dtype=real, device=device)
+        last = _smaller(size - 1, budget, xp)
 
-        def step(state: tuple[Array, ...]) -> tuple[Array, ...]:
-            j, v, u, basis_v, basis_u, alphas, betas = state
-            alpha = xp.sum(xp.where(rows == j, alphas, 0 * alphas))
-            # Below round-off of the largest entry so far the direction is noise (a breakdown on a
-            # rank-deficient layer): make it exactly zero, or normalising it overflows in float32.
-            floor = breakdown * xp.max(alphas)
-            w = _orthogonalize(backward(u) - xp.astype(alpha, dtype) * v, basis_v, xp)
-            beta = xp.linalg.vector_norm(w)
-            beta = xp.where(beta > floor, beta, 0 * beta)
-            v = w / xp.where(beta > 0, beta, xp.ones_like(beta)) * xp.astype(beta > 0, dtype)
-            u = _orthogonalize(forward(v) - xp.astype(beta, dtype) * u, basis_u, xp)
-            alpha = xp.linalg.vector_norm(u)
-            alpha = xp.where(alpha > floor, alpha, 0 * alpha)
-            u = u / xp.where(alpha > 0, alpha, xp.ones_like(alpha)) * xp.astype(alpha > 0, dtype)
-            nxt = rows == j + 1
-            basis_v = xp.where(nxt[:, None], v[None, :], basis_v)
-            basis_u = xp.where(nxt[:, None], u[None, :], basis_u)
-            alphas = xp.where(nxt, alpha, alphas)
-            betas = xp.where(rows == j, beta, betas)
-            return j + 1, v, u, basis_v, basis_u, alphas, betas
+        def more(state: tuple[Any, tuple[Array, ...], Array]) -> Array:
+            j, _, settled = state
+            return (j < last) & ~settled
 
-        start = (xp.asarray(0, device=device), v0, u, basis_v, basis_u, alphas, betas)
-        _, v, u, basis_v, _, alphas, betas = repeat(step, start, k - 1)
-        # A^T U_k = V_k B^T + beta_k v_{k+1} e_k^T: beta_k is the norm of the next direction.
-        alpha = alphas[k - 1]
-        beta = xp.linalg.vector_norm(_orthogonalize(backward(u) - xp.astype(alpha, dtype) * v, basis_v, xp))
-        return basis_v, alphas, betas, beta
+        def chunk(state: tuple[Any, tuple[Array, ...], Array]) -> tuple[Any, tuple[Array, ...], Array]:
+            j, inner, _ = state
+            stop = _smaller(j + CHECK_EVERY, last, xp)
+            inner = fori(j, stop, step, inner)
+            value, _, residual = _top_of_bidiagonal(inner[4], inner[5], stop, xp)
+            return stop, inner, xp.all(residual <= math.sqrt(2) * tol * value)
 
-    def ritz(basis_v: Array, alphas: Array, betas: Array) -> tuple[Array, Array, Array]:
-        """Top singular value, right singular vector and last left-vector entry of the bidiagonal."""
-        upper = xp.where(rows < k - 1, betas, 0 * betas)
-        zeros = xp.zeros((k, k), dtype=alphas.dtype, device=device)
-        on_upper = xp.where(rows[None, :] == rows[:, None] + 1, upper[:, None], zeros)
-        bidiagonal = xp.where(rows[:, None] == rows[None, :], alphas[:, None], on_upper)
-        u, s, vh = xp.linalg.svd(bidiagonal)
-        q = xp.astype(xp.conj(vh[0, :]), dtype)
-        return s[0], q @ basis_v, u[k - 1, 0]
+        start = (v0, u, alpha, basis, alphas, betas, alpha)
+        steps, inner, _ = while_loop(more, chunk, (0, start, xp.asarray(False, device=device)))
+        # The Ritz vector from every stored vector: the last alpha is known, only the next beta is not.
+        _, right, _ = _top_of_bidiagonal(inner[4], inner[5], steps + 1, xp)
+        kept = inner[3][: right.shape[1], ...]  # (k, G, n)
+        vector = (xp.astype(right, dtype)[:, None, :] @ xp.permute_dims(kept, (1, 0, 2)))[:, 0, :]
+        vector, _ = _unit(vector, norms(vector), xp.zeros((groups,), dtype=real, device=device), xp)
+        image = forward(vector)
+        u, value = _unit(image, norms(image), xp.zeros((groups,), dtype=real, device=device), xp)
+        residual = norms(backward(u) - xp.astype(value, dtype)[:, None] * vector)
+        return Ritz(value, vector, residual <= math.sqrt(2) * tol * value, steps)
 
-    def cycle_step(state: tuple[Array, Array, Array, Array]) -> tuple[Array, Array, Array, Array]:
-        v, _, count, _ = state
-        basis_v, alphas, betas, beta = bidiagonalize(v)
-        value, vector, last = ritz(basis_v, alphas, betas)
-        # ||A^T u - value v|| = beta_k |p_k|, and A v = value u exactly: a singular value lies this close.
-        settled = beta * xp.abs(last) <= tol * value
-        vector = vector / xp.linalg.vector_norm(vector)
-        return vector, value, count + 1, settled
+    if start is None:
+        start = xp.reshape(start_vector(groups * n_in, dtype, xp, layer.device), (groups, n_in))
+    else:
+        start, _ = _unit(start, norms(start), xp.zeros((groups,), dtype=real, device=layer.device), xp)
 
-    def more(state: tuple[Array, Array, Array, Array]) -> Array:
-        _, _, count, settled = state
-        return (count < cycles) & ~settled
+    def again(ritz: Ritz) -> Array:
+        return ~xp.all(ritz.certified) & (ritz.steps < iterations)
 
-    v0 = start_vector(n_in, dtype, xp, device)
-    start = (
-        v0,
-        0 * xp.linalg.vector_norm(v0),
-        xp.asarray(0, device=device),
-        xp.asarray(False, device=device),
-    )
-    vector, value, count, _ = while_loop(more, cycle_step, start)
-    return value, vector, count
+    def restart(ritz: Ritz) -> Ritz:
+        new = cycle(ritz.vector, iterations - ritz.steps)
+        return new._replace(steps=ritz.steps + new.steps)
+
+    zeros = xp.zeros((groups,), dtype=real, device=device_of(start))
+    return while_loop(again, restart, Ritz(zeros, start, zeros > 0, 0))
 
 
-def padded_norm(
-    kernel: Array, spec: ConvSpec, xp: Namespace, *, tol: float, cycle: int, cycles: int
-) -> Array:
-    """Operator norm of a zero-padded layer, differentiable in ``kernel``.
+def basis_rows(vectors_per_row: int, spec: ConvSpec, itemsize: int, max_memory: int | None, most: int) -> int:
+    """How many basis rows fit in ``max_memory`` bytes (between 16 and ``most``).
 
-    The Ritz vector ``v`` comes from the iteration on a detached kernel; the
-    returned value ``||A(kernel) v||`` equals the Ritz value, is a lower bound
-    of the norm, and its gradient is the norm's (the envelope theorem).
+    A row is ``vectors_per_row`` vectors of the layer's input or output size.
     """
-    # A non-finite tap would reach the iteration's small SVD, which raises on NaN: iterate on a zero
-    # kernel instead and return NaN, as the circular route does (no host round trip, jit-safe).
+    if max_memory is None:
+        return most
+    row = vectors_per_row * spec.in_channels * max(math.prod(spec.conv_input), math.prod(spec.conv_output))
+    return max(16, min(most, max_memory // (row * itemsize)))
+
+
+@compiled_for_jax(static=(1, 2), names=("count", "tol", "iterations", "capacity"))
+def padded_values(
+    kernel: Array,
+    spec: ConvSpec,
+    xp: Namespace,
+    *,
+    count: int | None,
+    tol: float,
+    iterations: int,
+    capacity: int,
+    start: Array | None = None,
+) -> tuple[Array, Array]:
+    """A zero-padded layer's norm (``count=None``) or ``count`` largest singular values, differentiable.
+
+    The iteration (:func:`lanczos_norm` per group, or :func:`block_lanczos`)
+    runs on a detached copy of the kernel scaled to largest tap 1, so
+    nothing it squares overflows or underflows. It ends with unit vectors
+    ``v``; the values returned are ``||A(kernel) v||``, each a lower bound
+    of the singular value it stands for, and differentiable with the
+    singular value's own gradient (the envelope theorem). The norm is the
+    largest over the groups; the top values are merged over the groups,
+    descending. A non-finite kernel gives NaN (the iteration runs on zeros:
+    no error, no host round trip). Returns ``(values, vectors)``; a norm's
+    vectors ``(G, n_in)`` can start a later call (``start``).
+    """
     finite = xp.all(xp.isfinite(kernel))
     kernel = xp.where(finite, kernel, xp.zeros_like(kernel))
-    _, vector, _ = lanczos_norm(
-        PaddedLayer(stop_gradient(kernel), spec, xp), tol=tol, cycle=cycle, cycles=cycles
-    )
-    vector = stop_gradient(vector)
+    detached = stop_gradient(kernel)
+    scale = xp.max(xp.abs(detached))
+    scale = xp.where(scale > 0, scale, xp.ones_like(scale))
+    scaled = PaddedLayer(detached / xp.astype(scale, detached.dtype), spec, xp)
+    if count is None:
+        vectors = lanczos_norm(scaled, tol=tol, iterations=iterations, capacity=capacity, start=start).vector
+        rows = vectors[None, ...]
+    else:
+        rows, _ = block_lanczos(scaled, count, tol=tol, iterations=iterations, capacity=capacity)
+        vectors = rows
+    rows = stop_gradient(rows)
     layer = PaddedLayer(kernel, spec, xp)
-    image = layer.apply(xp.reshape(vector, (*spec.conv_input, spec.in_channels)))
-    norm = xp.linalg.vector_norm(xp.reshape(image, (-1,)))
-    return xp.where(finite, norm, xp.full_like(norm, float("nan")))
+    image = layer.apply(xp.reshape(rows, (rows.shape[0], *layer.input_shape)))
+    norms = xp.linalg.vector_norm(xp.reshape(image, (rows.shape[0], spec.groups, -1)), axis=-1)
+    if count is None:
+        values = xp.max(norms)
+    else:
+        values = xp.flip(xp.sort(xp.reshape(norms, (-1,))), axis=0)[:count]
+    return xp.where(finite, values, xp.full_like(values, float("nan"))), stop_gradient(vectors)
+
+
+# --- the k largest singular values: block Lanczos with thick restarts -----------------------------------
+
+
+#: The most vectors the block iteration keeps before it restarts.
+BLOCK_CAPACITY = 96
+
+
+class Block(NamedTuple):
+    """The block iteration's subspace per group: orthonormal rows and what the layer makes of them.
+
+    ``basis`` ``(size, G, n_in)``, ``images = A basis`` ``(size, G, n_out)``,
+    ``normal = A^H A basis`` ``(size, G, n_in)``, ``gram`` the rows of
+    ``images images^H`` ``(size, G, size)``, each row filled up to its own
+    block; ``used`` rows hold vectors, the others zeros.
+    """
+
+    basis: Array
+    images: Array
+    normal: Array
+    gram: Array
+    used: Any
+
+
+class RayleighRitz(NamedTuple):
+    """Ritz values of ``A^H A`` ``(G, keep)`` descending, their coefficients ``(G, keep, rows)``,
+    and the residual norms ``||A^H A x - theta x||`` of the first ``width`` ``(G, width)``."""
+
+    values: Array
+    coefficients: Array
+    residuals: Array
+
+
+def block_lanczos(
+    layer: PaddedLayer, count: int, *, tol: float, iterations: int, capacity: int = BLOCK_CAPACITY
+) -> tuple[Array, Array]:
+    """Each group's ``count`` largest singular values by block Lanczos on ``A^H A``, thick-restarted.
+
+    The subspace grows by blocks of ``b`` vectors: the residuals of the
+    leading unconverged Ritz vectors, orthogonalised twice against the whole
+    basis (full reorthogonalisation, so every Ritz value stays meaningful;
+    a block also finds repeated singular values, which one vector cannot).
+    Rayleigh-Ritz gives Ritz values ``theta`` (squared singular values) and
+    residuals ``A^H A x_i - theta_i x_i`` from the stored images, computed,
+    not estimated. By Kahan's theorem ``count`` eigenvalues of ``A^H A`` lie
+    within ``||[r_1 .. r_count]||_2`` of the Ritz values, one each; the
+    iteration stops once that (bounded by the Frobenius norm) is at most
+    ``tol`` times the smallest of them, so each value returned is within
+    ``tol`` (relative) of a singular value of its own. A full basis restarts
+    from its best half. Returns the Ritz vectors ``(count, G, n_in)``
+    (``||A x||`` is the value; at most the singular value of its rank) and
+    whether each group is certified ``(G,)``.
+    """
+    xp, device, dtype = layer.xp, layer.device, layer.dtype
+    groups = layer.input_shape[0]
+    n_in, n_out = math.prod(layer.input_shape[1:]), math.prod(layer.output_shape[1:])
+    real = xp.real(xp.zeros((), dtype=dtype)).dtype
+    block = min(max(2, count), 8)
+    width = max(count, block)  # the Ritz vectors whose residuals are needed
+    keep = min(max(width + block, capacity // 2), n_in - block)
+    size = keep + block * max(1, (min(capacity, n_in) - keep) // block)  # whole blocks after a restart
+    floor = 64 * xp.finfo(real).eps
+
+    def by_group(rows: Array) -> Array:
+        return xp.permute_dims(rows, (1, 0, 2))  # (rows, G, n) <-> (G, rows, n)
+
+    complex_ = xp.isdtype(dtype, "complex floating")
+
+    def adjoint(rows: Array) -> Array:
+        flipped = xp.matrix_transpose(rows)
+        return xp.conj(flipped) if complex_ else flipped
+
+    def orthonormal(candidates: Array, space: Block) -> Array:
+        """Rows ``(b, G, n)`` made orthonormal and orthogonal to the basis.
+
+        Two projections, a QR, and one more of each: round-off (or a
+        breakdown, whose QR gives unit noise) leaves nothing along the basis.
+        """
+        basis, q = by_group(space.basis), by_group(candidates)
+        for passes in (2, 1):
+            for _ in range(passes):
+                q = q - adjoint(basis @ adjoint(q)) @ basis
+            q, _ = xp.linalg.qr(xp.matrix_transpose(q))
+            q = xp.matrix_transpose(q)
+        return by_group(q)
+
+    def extend(space: Block, rows: Array) -> Block:
+        b = rows.shape[0]
+        w = layer.apply(xp.reshape(rows, (b, *layer.input_shape)))
+        z = xp.reshape(layer.adjoint(w), (b, groups, n_in))
+        w = xp.reshape(w, (b, groups, n_out))
+        images = put_rows(space.images, space.used, w)
+        cross = xp.conj(by_group(w)) @ xp.matrix_transpose(by_group(images))  # new rows of <A v_i, A v_j>
+        return Block(
+            put_rows(space.basis, space.used, rows),
+            images,
+            put_rows(space.normal, space.used, z),
+            put_rows(space.gram, space.used, by_group(cross)),
+            space.used + b,
+        )
+
+    def rayleigh_ritz(space: Block) -> RayleighRitz:
+        index = xp.arange(size, device=device)
+        filled = xp.permute_dims(space.gram, (1, 0, 2))  # (G, size, size)
+        below = index[:, None] >= index[None, :]
+        gram = xp.where(below, filled, adjoint(filled))
+        used = index < space.used
+        # Unused rows get -1 on the diagonal: their Ritz values sort below every real one (>= 0).
+        unused = xp.astype(~used[:, None] & (index[:, None] == index[None, :]), gram.dtype)
+        gram = xp.where(used[:, None] & used[None, :], gram, xp.zeros_like(gram)) - unused
+        theta, vectors = xp.linalg.eigh(gram)
+        theta = xp.flip(theta, axis=-1)[:, :keep]
+        coefficients = xp.matrix_transpose(xp.flip(vectors, axis=-1)[:, :, :keep])
+        lead = coefficients[:, :width, :]
+        residual = lead @ by_group(space.normal) - xp.astype(theta[:, :width], dtype)[:, :, None] * (
+            lead @ by_group(space.basis)
+        )
+        return RayleighRitz(theta, coefficients, xp.linalg.vector_norm(residual, axis=-1))
+
+    def settled(ritz: RayleighRitz) -> Array:
+        theta = ritz.values
+        bound = xp.sqrt(xp.sum(ritz.residuals[:, :count] ** 2, axis=1))
+        return bound <= tol * theta[:, count - 1] + floor * theta[:, 0]
+
+    def expand(state: tuple[Block, RayleighRitz, Any]) -> tuple[Block, RayleighRitz, Any]:
+        space, ritz, steps = state
+        done = ritz.residuals <= tol * ritz.values[:, :width]
+        order = xp.argsort(xp.astype(done, xp.int32), axis=1, stable=True)[:, :block]  # unconverged first
+        picked = xp.take_along_axis(ritz.coefficients, order[:, :, None], axis=1)  # (G, b, size)
+        theta = xp.astype(xp.take_along_axis(ritz.values, order, axis=1), dtype)[:, :, None]
+        residual = picked @ by_group(space.normal) - theta * (picked @ by_group(space.basis))
+        space = extend(space, orthonormal(by_group(residual), space))
+        return space, rayleigh_ritz(space), steps + 1
+
+    def restart(space: Block, ritz: RayleighRitz) -> Block:
+        """The best ``keep`` Ritz vectors as the new basis; their images follow without applying ``A``."""
+
+        def rotate(stored: Array) -> Array:
+            return put_rows(xp.zeros_like(stored), 0, by_group(ritz.coefficients @ by_group(stored)))
+
+        eye = xp.eye(keep, size, dtype=space.gram.dtype, device=device)
+        gram = by_group(eye[None, :, :] * xp.astype(ritz.values, space.gram.dtype)[:, :, None])
+        gram = put_rows(xp.zeros_like(space.gram), 0, gram)
+        return Block(rotate(space.basis), rotate(space.images), rotate(space.normal), gram, keep)
+
+    def growing(state: tuple[Block, RayleighRitz, Any]) -> Array:
+        space, ritz, steps = state
+        return (space.used + block <= size) & (steps < iterations) & ~xp.all(settled(ritz))
+
+    def cycle(state: tuple[Block, RayleighRitz, Any]) -> tuple[Block, RayleighRitz, Any]:
+        space, ritz, steps = while_loop(growing, expand, state)
+        space = restart(space, ritz)
+        return space, rayleigh_ritz(space), steps
+
+    def unfinished(state: tuple[Block, RayleighRitz, Any]) -> Array:
+        _, ritz, steps = state
+        return (steps < iterations) & ~xp.all(settled(ritz))
+
+    empty = Block(
+        xp.zeros((size, groups, n_in), dtype=dtype, device=device),
+        xp.zeros((size, groups, n_out), dtype=dtype, device=device),
+        xp.zeros((size, groups, n_in), dtype=dtype, device=device),
+        xp.zeros((size, groups, size), dtype=dtype, device=device),
+        0,
+    )
+    noise = xp.reshape(start_vector(block * groups * n_in, dtype, xp, device), (block, groups, n_in))
+    space = extend(empty, orthonormal(noise, empty))
+    space, ritz, _ = while_loop(unfinished, cycle, (space, rayleigh_ritz(space), 0))
+    vectors = ritz.coefficients[:, :count, :] @ by_group(space.basis)  # (G, count, n_in)
+    return by_group(vectors), settled(ritz)

@@ -35,7 +35,8 @@ from ._lib import (
     while_loop,
     zero_d,
 )
-from ._norms import DEFAULT_MAX_MEMORY, check_chunking, circular_norm
+from ._norms import DEFAULT_MAX_MEMORY, check_chunking, circular_norm, padded_norm_options
+from ._operator import padded_values
 from ._spectrum import (
     blocks_by_rows,
     finish_kernel,
@@ -52,6 +53,13 @@ from ._spectrum import (
 )
 
 METHODS = ("alternating", "extrapolated", "dykstra")
+
+#: What a zero-padded layer's projection holds at ``max_norm`` (see :func:`clip_operator_norm`).
+BOUNDS = ("tight", "circular")
+
+#: How far below ``max_norm`` a tight projection may land (relative), and its most clip levels.
+LEVEL_SLACK = 2e-4
+MAX_LEVELS = 12
 
 
 class ClipInfo(NamedTuple):
@@ -295,6 +303,67 @@ def _output(kernel: Array, spec: ConvSpec, xp: Namespace, user_dtype: object) ->
     return out
 
 
+def _tight_projection(
+    kernel: Array,
+    spec: ConvSpec,
+    xp: Namespace,
+    max_norm: float,
+    project: Any,
+    norm_options: dict[str, Any],
+) -> tuple[Array, ClipInfo]:
+    """Clip the circular layer on the padded map at the level that puts the zero-padded norm at ``max_norm``.
+
+    The zero-padded norm of ``project(kernel, level)`` grows with the level,
+    nearly in proportion, so each new level is the last times ``aim / norm``
+    (a secant through the origin), kept inside the bracket of levels seen
+    to land below and above (halved geometrically when it would leave it).
+    It stops once the norm lies in ``[max_norm (1 - LEVEL_SLACK), max_norm]``;
+    a norm still above after ``MAX_LEVELS`` levels is scaled down onto
+    ``max_norm``. Every norm is a Lanczos value started from the last one's
+    vectors, certified within ``tol`` of a singular value and below it.
+    A kernel already within the bound is returned as it is.
+    """
+    initial, vectors = padded_values(kernel, spec, xp, count=None, **norm_options)
+    aim = max_norm * (1 - LEVEL_SLACK / 2)
+    zero = xp.zeros_like(initial)
+    inf = xp.full_like(initial, float("inf"))
+
+    def landed(norm: Array) -> Array:
+        return (norm <= max_norm) & ((norm >= max_norm * (1 - LEVEL_SLACK)) | (initial <= max_norm))
+
+    def more(state: tuple[Any, ...]) -> Array:
+        norm, count = state[1], state[6]
+        return (count < MAX_LEVELS) & ~landed(norm) & xp.isfinite(norm)
+
+    def step(state: tuple[Any, ...]) -> tuple[Any, ...]:
+        _, norm, vectors, level, low, high, count, _ = state
+        proposal = xp.where(count == 0, zero + max_norm, level * aim / norm)
+        bounded = high < inf
+        geometric = xp.sqrt(low * xp.where(bounded, high, zero))
+        middle = xp.where(low > 0, xp.where(bounded, geometric, 2 * low), high / 2)
+        proposal = xp.where((proposal > low) & (proposal < high), proposal, middle)
+        x, steps, _ = project(kernel, proposal)
+        norm, vectors = padded_values(x, spec, xp, count=None, start=vectors, **norm_options)
+        low = xp.where(norm < aim, xp.maximum(low, proposal), low)
+        high = xp.where(norm > max_norm, xp.minimum(high, proposal), high)
+        return x, norm, vectors, proposal, low, high, count + 1, steps
+
+    device = device_of(kernel)
+    start = (kernel, initial, vectors, zero + max_norm, zero, inf, 0, xp.asarray(0, device=device))
+    x, norm, _, _, _, _, _, steps = while_loop(more, step, start)
+    # Still above after the last level: scale onto the bound (the norm is homogeneous).
+    over = norm > max_norm
+    factor = xp.where(over, max_norm / xp.where(over, norm, xp.ones_like(norm)), xp.ones_like(norm))
+    x = x * xp.astype(factor, x.dtype)
+    norm = norm * factor
+    return x, ClipInfo(
+        norm=zero_d(norm, xp),
+        iterations=zero_d(steps, xp),
+        converged=zero_d(landed(norm), xp),
+        initial_norm=zero_d(initial, xp),
+    )
+
+
 @full_precision
 @fill_layer_doc
 def clip_operator_norm(
@@ -313,6 +382,7 @@ def clip_operator_norm(
     method: str = "alternating",
     iterations: int = 1,
     tol: float | None = None,
+    bound: str = "tight",
     return_info: bool = False,
     chunk_size: int | None = None,
     max_memory: int | None = DEFAULT_MAX_MEMORY,
@@ -496,7 +566,25 @@ def clip_operator_norm(
         )
         raise ValueError(msg)
     check_chunking(chunk_size, max_memory)
+    if bound not in BOUNDS:
+        msg = f"`bound` must be one of {BOUNDS}, got {bound!r}"
+        raise ValueError(msg)
     chunks = (chunk_size, max_memory)
+    if not spec.circular and bound == "tight":
+        if min_norm is not None:
+            msg = (
+                "`min_norm` with zero padding needs bound='circular' (it clips the circular layer on "
+                "the padded map); the tight projection holds the zero-padded layer's largest value only"
+            )
+            raise ValueError(msg)
+        norm_options = padded_norm_options(k, spec, xp, None, 640, max_memory)
+
+        def project(x: Array, level: Array) -> tuple[Array, Array, Array]:
+            return _project(x, spec, xp, level, None, method, iterations, tol, chunks)
+
+        x, info = _tight_projection(k, spec, xp, max_norm, project, norm_options)
+        out = _output(x, spec, xp, user_dtype)
+        return (out, info) if return_info else out
     x, steps, done = _project(k, spec, xp, max_norm, min_norm, method, iterations, tol, chunks)
     out = _output(x, spec, xp, user_dtype)
     if not return_info:

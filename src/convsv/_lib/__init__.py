@@ -28,13 +28,18 @@ __all__ = [
     "Array",
     "Namespace",
     "batch_map",
+    "compiled_for_jax",
     "complex_dtype",
+    "contiguous",
     "device_of",
+    "fori",
+    "framework_convolution",
     "full_precision",
     "interleave_zeros",
     "namespace_of",
     "on_accelerator",
     "pad_axis",
+    "put_rows",
     "repeat",
     "start_vector",
     "stop_gradient",
@@ -71,17 +76,23 @@ def while_loop(more: Callable[[State], Array], step: Callable[[State], State], s
     """``while more(state): state = step(state)``, also under ``jax.jit``.
 
     Traced JAX arrays cannot be tested with ``bool``; for them the loop is a
-    ``jax.lax.while_loop`` (a compact graph that still stops early). Every
-    other backend runs the Python loop, one host synchronisation per test.
+    ``jax.lax.while_loop`` (a compact graph that still stops early), from
+    the first state or test that is traced. Every other backend runs the
+    Python loop, one host synchronisation per test.
     """
-    if _is_traced(state[0]):
-        import jax
-
-        result: State = jax.lax.while_loop(more, step, state)
-        return result
-    while bool(more(state)):
+    while not _any_traced(state):
+        go = more(state)
+        if _is_traced(go):
+            break
+        if not bool(go):
+            return state
         state = step(state)
-    return state
+    # Traced from the start (jit), or since a step (an eager vmap whose tracers enter through the
+    # step): the rest of the loop is JAX's.
+    import jax
+
+    result: State = jax.lax.while_loop(more, step, state)
+    return result
 
 
 def repeat(step: Callable[[State], State], state: State, count: int) -> State:
@@ -90,7 +101,7 @@ def repeat(step: Callable[[State], State], state: State, count: int) -> State:
     With static bounds the JAX loop is a scan, so it stays reverse-differentiable
     (a ``while_loop`` is not).
     """
-    if _is_traced(state[0]):
+    if _any_traced(state):
         import jax
 
         looped: State = jax.lax.fori_loop(0, count, lambda _, s: step(s), state)
@@ -98,6 +109,76 @@ def repeat(step: Callable[[State], State], state: State, count: int) -> State:
     for _ in range(count):
         state = step(state)
     return state
+
+
+def fori(start: int, stop: int, body: Callable[[int, State], State], state: State) -> State:
+    """``for i in range(start, stop): state = body(i, state)``; a ``jax.lax.fori_loop`` when traced.
+
+    Eagerly ``i`` is a Python int (so :func:`put_rows` writes in place); traced, it is a JAX integer.
+    """
+    if _any_traced((start, stop, state)):
+        import jax
+
+        looped: State = jax.lax.fori_loop(start, stop, body, state)
+        return looped
+    for i in range(start, stop):
+        state = body(i, state)
+    return state
+
+
+def compiled_for_jax(static: tuple[int, ...], names: tuple[str, ...]) -> Callable[[F], F]:
+    """Run ``func(array, ...)`` under ``jax.jit`` when ``array`` is a concrete JAX array.
+
+    Eager JAX dispatches each operation alone and copies on every functional
+    update, which makes long iterations slow; compiled, the whole loop is one
+    program (compiled once per shape and static arguments ``static`` (positions)
+    and ``names``). Traced arrays (already inside ``jit``, ``grad``, ``vmap``) and
+    other libraries call ``func`` as it is.
+    """
+
+    def decorate(func: F) -> F:
+        @functools.wraps(func)
+        def wrapper(array: Array, *args: Any, **kwargs: Any) -> Any:
+            if array_api_compat.is_jax_array(array) and not _is_traced(array):
+                return _jitted(func, static, names)(array, *args, **kwargs)
+            return func(array, *args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+@cache
+def _jitted(func: Callable[..., Any], static: tuple[int, ...], names: tuple[str, ...]) -> Any:
+    import jax
+
+    return jax.jit(func, static_argnums=static, static_argnames=names)
+
+
+def put_rows(x: Array, start: Any, rows: Array) -> Array:
+    """``x`` with ``x[start : start + len(rows), ...] = rows``: in place where arrays are mutable.
+
+    JAX arrays get a functional update (``dynamic_update_slice``, which also
+    takes a traced ``start``); the others are written in place and returned.
+    """
+    if array_api_compat.is_jax_array(x):
+        from jax import lax
+
+        return lax.dynamic_update_slice_in_dim(x, rows, start, axis=0)
+    x[start : start + rows.shape[0], ...] = rows
+    return x
+
+
+def contiguous(x: Array, xp: Namespace) -> Array:
+    """``x`` laid out in C order (a view of a permutation is copied): batched products on it run fast."""
+    return xp.reshape(xp.reshape(x, (-1,)), x.shape)
+
+
+def _any_traced(tree: Any) -> bool:
+    """Whether any array in a (nested) tuple is a JAX tracer (``jit``, ``vmap``, ``grad``)."""
+    if isinstance(tree, (tuple, list)):
+        return any(_any_traced(leaf) for leaf in tree)
+    return _is_traced(tree)
 
 
 def _is_traced(x: Array) -> bool:
@@ -109,11 +190,15 @@ def _is_traced(x: Array) -> bool:
 
 
 def start_vector(size: int, dtype: Any, xp: Namespace, device: Any) -> Array:
-    """A fixed, noise-like unit vector (no RNG in the array API): spread over all frequencies."""
-    index = xp.astype(xp.arange(size, device=device), dtype)
+    """A fixed, noise-like unit vector (no RNG in the array API): spread over all frequencies.
+
+    Built in the real dtype of ``dtype`` (``floor`` has no complex version), then cast.
+    """
+    real = xp.real(xp.zeros((), dtype=dtype, device=device)).dtype
+    index = xp.astype(xp.arange(size, device=device), real)
     noise = xp.sin(index * 12.9898 + 78.233) * 43758.5453
     noise = noise - xp.floor(noise) - 0.5
-    return noise / xp.linalg.vector_norm(noise)
+    return xp.astype(noise / xp.linalg.vector_norm(noise), dtype)
 
 
 def stop_gradient(x: Array) -> Array:
@@ -273,3 +358,101 @@ def full_precision(func: F) -> F:
             return func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+Convolution = tuple[Callable[[Array], Array], Callable[[Array], Array]]
+
+
+def framework_convolution(
+    weight: Array,
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    pads: tuple[tuple[int, int], ...],
+    input_shape: tuple[int, ...],
+) -> Convolution | None:
+    """The zero-padded convolution and its adjoint by the array's own framework, or None.
+
+    ``weight`` is ``(out, in / groups, *k)``; both functions act on
+    ``(batch, channels, *spatial)`` arrays: ``forward`` maps the
+    ``input_shape`` map to the output, ``adjoint`` back (the conjugate
+    transpose). PyTorch and JAX have convolutions that beat any array-API
+    composition (cuDNN, oneDNN, XLA); other libraries get None and the
+    caller composes the convolution itself.
+    """
+    spans = [(k - 1) * d + 1 for k, d in zip(weight.shape[2:], dilation, strict=True)]
+    outputs = [
+        (n + a + b - w) // s + 1 for n, (a, b), w, s in zip(input_shape, pads, spans, stride, strict=True)
+    ]
+    crop = (slice(None), slice(None), *(slice(a, a + n) for (a, _), n in zip(pads, input_shape, strict=True)))
+    if array_api_compat.is_torch_array(weight):
+        import torch.nn.functional as tf
+
+        d = len(stride)
+        conv = (tf.conv1d, tf.conv2d, tf.conv3d)[d - 1]
+        conv_t = (tf.conv_transpose1d, tf.conv_transpose2d, tf.conv_transpose3d)[d - 1]
+        flat_pads = tuple(p for pair in reversed(pads) for p in pair)  # torch pads the last axis first
+        # What the transposed convolution must add to reach the padded map (less than the stride).
+        extra = tuple(
+            n + a + b - (m - 1) * s - w
+            for n, (a, b), m, s, w in zip(input_shape, pads, outputs, stride, spans, strict=True)
+        )
+        adjoint_weight = weight.conj().resolve_conj() if weight.is_complex() else weight
+        # Equal zeros on both sides are the convolutions' own `padding` (no copy of the map to pad or crop).
+        symmetric = tuple(a for a, b in pads) if all(a == b for a, b in pads) else None
+
+        def torch_forward(x: Array) -> Array:
+            if symmetric is not None:
+                return conv(x, weight, stride=stride, padding=symmetric, dilation=dilation, groups=groups)
+            return conv(tf.pad(x, flat_pads), weight, stride=stride, dilation=dilation, groups=groups)
+
+        def torch_adjoint(y: Array) -> Array:
+            options = {"stride": stride, "output_padding": extra, "groups": groups, "dilation": dilation}
+            if symmetric is not None:
+                return conv_t(y, adjoint_weight, padding=symmetric, **options)
+            return conv_t(y, adjoint_weight, **options)[crop]
+
+        return torch_forward, torch_adjoint
+    if array_api_compat.is_jax_array(weight):
+        from jax import lax
+
+        highest = lax.Precision.HIGHEST  # no TF32 on GPUs
+        # The adjoint is a stride-1 correlation of the output spread out by the stride (lhs_dilation)
+        # with the flipped, conjugated kernel whose in and out swap within each group; the padding
+        # (negative: a crop) lines its output up with the input map.
+        out, group_in = weight.shape[:2]
+        ndim = len(stride)
+        split = lax.reshape(weight, (groups, out // groups, group_in, *weight.shape[2:]))
+        swapped = lax.transpose(split, (0, 2, 1, *range(3, ndim + 3)))
+        flipped = lax.rev(swapped, tuple(range(3, ndim + 3)))
+        adjoint_weight = lax.reshape(flipped, (groups * group_in, out // groups, *weight.shape[2:])).conj()
+        adjoint_pads = [
+            (w - 1 - a, n + a - (m - 1) * s - 1)
+            for n, (a, _), m, s, w in zip(input_shape, pads, outputs, stride, spans, strict=True)
+        ]
+
+        def jax_forward(x: Array) -> Array:
+            return lax.conv_general_dilated(
+                x,
+                weight,
+                stride,
+                list(pads),
+                rhs_dilation=dilation,
+                feature_group_count=groups,
+                precision=highest,
+            )
+
+        def jax_adjoint(y: Array) -> Array:
+            return lax.conv_general_dilated(
+                y,
+                adjoint_weight,
+                (1,) * ndim,
+                adjoint_pads,
+                lhs_dilation=stride,
+                rhs_dilation=dilation,
+                feature_group_count=groups,
+                precision=highest,
+            )
+
+        return jax_forward, jax_adjoint
+    return None
