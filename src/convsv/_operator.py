@@ -378,7 +378,7 @@ class Ritz(NamedTuple):
 
 
 def _unit(x: Array, norm: Array, floor: Array, xp: Namespace) -> tuple[Array, Array]:
-    """``(x / norm, norm)`` per row, both zero where ``norm <= floor`` (a breakdown: the direction is noise)."""
+    """``(x / norm, norm)`` per row, both zero where ``norm <= floor`` (a breakdown: noise)."""
     norm = xp.where(norm > floor, norm, xp.zeros_like(norm))
     inverse = xp.where(norm > 0, 1 / xp.where(norm > 0, norm, xp.ones_like(norm)), xp.zeros_like(norm))
     return x * xp.astype(inverse, x.dtype)[:, None], norm
@@ -564,11 +564,8 @@ def padded_values(
     layer = PaddedLayer(kernel, spec, xp)
     image = layer.apply(xp.reshape(rows, (rows.shape[0], *layer.input_shape)))
     norms = xp.linalg.vector_norm(xp.reshape(image, (rows.shape[0], spec.groups, -1)), axis=-1)
-    if count is None:
-        values = xp.max(norms)
-    else:
-        values = xp.flip(xp.sort(xp.reshape(norms, (-1,))), axis=0)[:count]
-    return xp.where(finite, values, xp.full_like(values, float("nan"))), stop_gradient(vectors)
+    top = xp.max(norms) if count is None else xp.flip(xp.sort(xp.reshape(norms, (-1,))), axis=0)[:count]
+    return xp.where(finite, top, xp.full_like(top, float("nan"))), stop_gradient(vectors)
 
 
 # --- the k largest singular values: block Lanczos with thick restarts -----------------------------------
@@ -595,8 +592,12 @@ class Block(NamedTuple):
 
 
 class RayleighRitz(NamedTuple):
-    """Ritz values of ``A^H A`` ``(G, keep)`` descending, their coefficients ``(G, keep, rows)``,
-    and the residual norms ``||A^H A x - theta x||`` of the first ``width`` ``(G, width)``."""
+    """Rayleigh-Ritz on a :class:`Block`.
+
+    Ritz values of ``A^H A`` ``(G, keep)`` descending, their coefficients
+    ``(G, keep, size)``, and the residual norms ``||A^H A x - theta x||`` of
+    the first ``width`` ``(G, width)``.
+    """
 
     values: Array
     coefficients: Array
