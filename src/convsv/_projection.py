@@ -349,7 +349,8 @@ def _tight_projection(
         return x, norm, vectors, proposal, low, high, count + 1, steps
 
     device = device_of(kernel)
-    start = (kernel, initial, vectors, zero + max_norm, zero, inf, 0, xp.asarray(0, device=device))
+    first = xp.asarray(0, device=device)
+    start = (kernel, initial, vectors, zero + max_norm, zero, inf, first, first)
     x, norm, _, _, _, _, _, steps = while_loop(more, step, start)
     # Still above after the last level: scale onto the bound (the norm is homogeneous).
     over = norm > max_norm

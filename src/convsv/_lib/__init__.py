@@ -414,22 +414,10 @@ def framework_convolution(
 
         return torch_forward, torch_adjoint
     if array_api_compat.is_jax_array(weight):
+        import jax
         from jax import lax
 
-        highest = lax.Precision.HIGHEST  # no TF32 on GPUs
-        # The adjoint is a stride-1 correlation of the output spread out by the stride (lhs_dilation)
-        # with the flipped, conjugated kernel whose in and out swap within each group; the padding
-        # (negative: a crop) lines its output up with the input map.
-        out, group_in = weight.shape[:2]
-        ndim = len(stride)
-        split = lax.reshape(weight, (groups, out // groups, group_in, *weight.shape[2:]))
-        swapped = lax.transpose(split, (0, 2, 1, *range(3, ndim + 3)))
-        flipped = lax.rev(swapped, tuple(range(3, ndim + 3)))
-        adjoint_weight = lax.reshape(flipped, (groups * group_in, out // groups, *weight.shape[2:])).conj()
-        adjoint_pads = [
-            (w - 1 - a, n + a - (m - 1) * s - 1)
-            for n, (a, _), m, s, w in zip(input_shape, pads, outputs, stride, spans, strict=True)
-        ]
+        complex_weight = jax.numpy.iscomplexobj(weight)
 
         def jax_forward(x: Array) -> Array:
             return lax.conv_general_dilated(
@@ -439,19 +427,38 @@ def framework_convolution(
                 list(pads),
                 rhs_dilation=dilation,
                 feature_group_count=groups,
-                precision=highest,
+                precision=lax.Precision.HIGHEST,  # no TF32 on GPUs
             )
 
+        # The adjoint: a stride-1 correlation of the output spread out by the stride (zeros between)
+        # with the flipped, conjugated kernel whose in and out swap within each group, padded
+        # (negative: cropped) to line up with the input map. Spelled out, because JAX's own
+        # transpose (lhs_dilation) of a strided 3-D convolution aborts in XLA's CPU simplifier.
+        out, group_in = weight.shape[:2]
+        ndim = len(stride)
+        split = lax.reshape(weight, (groups, out // groups, group_in, *weight.shape[2:]))
+        swapped = lax.transpose(split, (0, 2, 1, *range(3, ndim + 3)))
+        flipped = lax.rev(swapped, tuple(range(3, ndim + 3)))
+        adjoint_weight = lax.reshape(flipped, (groups * group_in, out // groups, *weight.shape[2:]))
+        if complex_weight:
+            adjoint_weight = adjoint_weight.conj()
+        adjoint_pads = [
+            (w - 1 - a, n + a - m * s)
+            for n, (a, _), m, s, w in zip(input_shape, pads, outputs, stride, spans, strict=True)
+        ]
+        xp = array_api_compat.array_namespace(weight)
+
         def jax_adjoint(y: Array) -> Array:
+            for axis, s in enumerate(stride, start=2):
+                y = interleave_zeros(y, axis, s, xp)
             return lax.conv_general_dilated(
                 y,
                 adjoint_weight,
                 (1,) * ndim,
                 adjoint_pads,
-                lhs_dilation=stride,
                 rhs_dilation=dilation,
                 feature_group_count=groups,
-                precision=highest,
+                precision=lax.Precision.HIGHEST,
             )
 
         return jax_forward, jax_adjoint
