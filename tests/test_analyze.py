@@ -125,8 +125,10 @@ class Expected:
     assumed: bool = False
 
     @cached_property
-    def library(self) -> np.ndarray:
-        """``convsv.singular_values`` of the circular layer, called directly, descending."""
+    def library(self) -> np.ndarray | None:
+        """``convsv.singular_values`` of the circular layer, called directly, descending (None: none)."""
+        if any(n % s for n, s in zip(self.input_shape, self.stride, strict=True)) and not self.transposed:
+            return None
         s = convsv.singular_values(
             self.kernel,
             self.input_shape,
@@ -169,9 +171,19 @@ def check_layer(row, exp):
         np.linalg.norm(out_first.astype(np.float64), 2), rel=REL
     )
 
+    true, output_shape = exp.framework
+    assert output_shape == exp.output_shape, "the framework's own output map"
+    # The layer's own norm, as the framework computes the layer.
+    assert row["operator_norm"] == pytest.approx(true[0], rel=REL)
+    if exp.library is None:  # no circular twin: the stride does not divide the map
+        assert row["circular_norm"] is row["smallest_singular_value"] is row["singular_values"] is None
+        lower, upper = row["norm_bounds"]
+        assert lower == row["operator_norm"]
+        assert lower * (1 - REL) <= true[0] <= upper * (1 + REL)
+        return
     s = exp.library
     assert row["singular_values"] == s.size
-    assert row["operator_norm"] == pytest.approx(s[0], rel=REL)
+    assert row["circular_norm"] == pytest.approx(s[0], rel=REL)
     assert row["smallest_singular_value"] == pytest.approx(s[-1], rel=REL, abs=REL * s[0])
     if s[-1] > 1e-3 * s[0]:
         assert row["condition_number"] == pytest.approx(s[0] / s[-1], rel=1e-3)
@@ -180,8 +192,6 @@ def check_layer(row, exp):
     assert row["stable_rank"] == pytest.approx(np.sum(s**2) / s[0] ** 2, rel=REL)
     assert np.sum(s >= 1 + REL) <= row["singular_values_at_least_one"] <= np.sum(s >= 1 - REL)
 
-    true, output_shape = exp.framework
-    assert output_shape == exp.output_shape, "the framework's own output map"
     if exp.pads is None:
         # The framework's layer is the circular one: its whole spectrum is the reported one.
         assert row["padding"] == "circular"
@@ -717,7 +727,13 @@ def test_singular_layer(capsys, tmp_path):
     kernel = np.zeros((3, 3, 2, 2), dtype=np.float32)
     np.savez(path, zero=kernel)
     (row,) = analyze_json(capsys, path, "--input-size", "4")
-    assert row["operator_norm"] == row["smallest_singular_value"] == row["norm_product"] == 0
+    assert (
+        row["operator_norm"]
+        == row["circular_norm"]
+        == row["smallest_singular_value"]
+        == row["norm_product"]
+        == 0
+    )
     assert row["condition_number"] is None
     assert row["singular_values"] == 32
     assert row["singular_values_at_least_one"] == 0
@@ -760,8 +776,8 @@ def test_csv_and_table_agree_with_json(capsys, torch_files):
         assert record["name"] == row["name"]
         for key in ("kernel_shape", "stride", "dilation", "input_shape", "output_shape"):
             assert record[key] == dims(map(str, row[key]))
-        for key in ("operator_norm", "smallest_singular_value", "condition_number", "stable_rank",
-                    "reshaped_kernel_norm", "norm_product"):  # fmt: skip
+        for key in ("operator_norm", "circular_norm", "smallest_singular_value", "condition_number",
+                    "stable_rank", "reshaped_kernel_norm", "norm_product"):  # fmt: skip
             assert float(record[key]) == row[key], key
         for key in ("groups", "singular_values", "singular_values_at_least_one"):
             assert int(record[key]) == row[key], key
@@ -1016,11 +1032,26 @@ def test_state_dict_needs_an_input_size(capsys, tmp_path, torch_files):
     analyze_error(capsys, paths["state_dict"], message="give --input-size", plot=tmp_path / "p.png")
 
 
-def test_stride_must_divide_the_input_size(capsys, tmp_path):
+def test_a_stride_that_does_not_divide_the_map(capsys, tmp_path):
+    # A zero-padded layer needs no circular twin: its own norm and bounds, the circular columns empty.
     torch = need("torch")
-    path = torch_module_file(tmp_path, torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)))
+    conv = torch.nn.Conv2d(3, 4, 3, stride=(2, 1), padding=1)
+    path = torch_module_file(tmp_path, torch.nn.Sequential(conv))
+    (row,) = analyze_json(capsys, path, "--input-size", "7", "9")
+    (expected,) = torch_layers(torch.nn.Sequential(conv), (7, 9))
+    assert expected.library is None
+    check_rows([row], [expected])
+    table, _ = analyze(
+        capsys, path, "--input-size", "7", "9", "--no-progress", "--plot", str(tmp_path / "p.png")
+    )
+    assert "-" in table.splitlines()[4]
+
+
+def test_a_circular_stride_must_divide_the_map(capsys, tmp_path):
+    torch = need("torch")
+    conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1, padding_mode="circular")
+    path = torch_module_file(tmp_path, torch.nn.Sequential(conv))
     err = analyze_error(capsys, path, "--input-size", "7", message="stride", plot=tmp_path / "p.png")
-    assert "must divide" in err
     assert "(7, 7)" in err
 
 

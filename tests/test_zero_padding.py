@@ -16,13 +16,15 @@ import convsv
 import convsv._norms
 import convsv._operator
 from convsv._layout import parse
+from test_layers import LAYOUT, Layer, _id
 
 from conftest import require
-from test_layers import LAYOUT, Layer, _id
 
 LAYERS = [
     Layer((3, 3), 3, 4, (7, 6), {"padding": 1, "stride": 2}),  # stride 2 on an odd map
-    Layer((3, 2), 4, 6, (7, 9), {"padding": ((0, 2), (3, 1)), "stride": (2, 3), "dilation": (1, 2), "groups": 2}),
+    Layer(
+        (3, 2), 4, 6, (7, 9), {"padding": ((0, 2), (3, 1)), "stride": (2, 3), "dilation": (1, 2), "groups": 2}
+    ),
     Layer((2,), 3, 6, (11,), {"padding": ((2, 0),), "stride": 3, "dilation": 2, "groups": 3}),
     Layer((2, 2, 2), 2, 2, (4, 5, 3), {"padding": ((1, 0), (0, 1), (1, 1)), "stride": (2, 1, 2)}),
     Layer((5, 5), 2, 3, (6, 6), {"padding": 2}),
@@ -56,7 +58,11 @@ def _group_layer(layer: Layer, kernel: np.ndarray, xp_kernel, dtype, monkeypatch
 @pytest.mark.parametrize("layer", LAYERS, ids=_id)
 def test_operator_and_adjoint_are_the_dense_matrix(backend, rng, layer, complex_, route, monkeypatch):
     kernel = layer.kernel(rng, complex_=complex_)
-    dtype = ("complex128" if complex_ else "float64") if backend.float64 else ("complex64" if complex_ else "float32")
+    dtype = (
+        ("complex128" if complex_ else "float64")
+        if backend.float64
+        else ("complex64" if complex_ else "float32")
+    )
     operator = _group_layer(layer, kernel, backend.asarray(kernel, dtype), dtype, monkeypatch, route)
     if route == "own":
         expected = "framework" if backend.name.split("-")[0] in ("torch", "jax") else operator.route
@@ -83,7 +89,9 @@ def test_norm_is_the_dense_norm(backend, rng, layer, complex_):
     for dtype in {backend.default_float, "float32"}:
         kind = ("complex128" if dtype == "float64" else "complex64") if complex_ else dtype
         k = backend.asarray(kernel, kind)
-        norm = backend.check(convsv.operator_norm(k, layer.input_shape, layout=LAYOUT[layer.d], **layer.options), dtype)
+        norm = backend.check(
+            convsv.operator_norm(k, layer.input_shape, layout=LAYOUT[layer.d], **layer.options), dtype
+        )
         # Certified: within tol of a singular value, from below (round-off aside).
         tol = 1e-6 if dtype == "float64" else 1e-5
         assert norm <= expected * (1 + 10 * np.finfo(dtype).eps)
@@ -118,7 +126,9 @@ def test_restarts_keep_the_certificate(rng):
     layer = LAYERS[0]
     kernel = layer.kernel(rng)
     k, spec, xp, _ = parse(kernel, layer.input_shape, "HWIO", None, **layer.options)
-    ritz = convsv._operator.lanczos_norm(convsv._operator.PaddedLayer(k, spec, xp), tol=1e-10, iterations=2000, capacity=8)
+    ritz = convsv._operator.lanczos_norm(
+        convsv._operator.PaddedLayer(k, spec, xp), tol=1e-10, iterations=2000, capacity=8
+    )
     expected = np.linalg.svd(layer.dense(kernel), compute_uv=False)[0]
     assert bool(np.all(ritz.certified))
     np.testing.assert_allclose(float(np.max(ritz.value)), expected, rtol=1e-9)
@@ -215,7 +225,9 @@ def test_tight_projection_keeps_a_kernel_within_the_bound(backend, rng):
     kernel = layer.kernel(rng)
     norm = np.linalg.svd(layer.dense(kernel), compute_uv=False)[0]
     dtype = backend.default_float
-    out = convsv.clip_operator_norm(backend.asarray(kernel, dtype), layer.input_shape, 1.01 * norm, **layer.options)
+    out = convsv.clip_operator_norm(
+        backend.asarray(kernel, dtype), layer.input_shape, 1.01 * norm, **layer.options
+    )
     np.testing.assert_array_equal(backend.check(out, dtype), kernel.astype(dtype))
 
 

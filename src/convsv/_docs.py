@@ -45,8 +45,10 @@ MEMORY_PARAMETERS = """\
     max_memory : int, optional
         Circular padding: about how many bytes the frequency matrices in
         flight may take (with the decomposition's copies), again in whole
-        rows of the first spatial axis. Default ``2**30`` (1 GiB); ``None``
-        for no limit. Results do not depend on either option.
+        rows of the first spatial axis. Zero padding: how many bytes the
+        Lanczos vectors may take (at least 16 are kept; fewer vectors mean
+        more restarts). Default ``2**30`` (1 GiB); ``None`` for no limit.
+        Results do not depend on either option beyond round-off and ``tol``.
 """
 
 

@@ -195,6 +195,18 @@ def singular_values(
         in PyTorch. With groups, "in" is ``in_channels / groups``. Default
         ``"HWIO"``.
     {layer_parameters}
+    k : int, optional
+        Return only the ``k`` largest singular values, as a 1-D array,
+        descending. Circular padding: the largest of the exact spectrum.
+        Zero padding: from the dense SVD for small layers, else by block
+        Lanczos (thick-restarted, fully reorthogonalised), each within
+        ``tol`` (relative) of a singular value of its own and at most the
+        singular value of its rank. Default: all of them.
+    tol : float, optional
+        Zero padding with ``k``: the block Lanczos tolerance. Default
+        ``1e-6`` in float64, ``1e-5`` in float32.
+    iterations : int, optional
+        Zero padding with ``k``: the most block steps (default 640).
     {memory_parameters}
     xp : array namespace, optional
         Namespace to use; inferred from ``kernel`` when omitted. When given,
@@ -212,7 +224,8 @@ def singular_values(
         multiset of singular values of :func:`conv_matrix` (zeros included).
         Zero padding: the 1-D array of all singular values of the dense
         matrix, descending (there is no frequency structure), computed only
-        for matrices of at most ``2**24`` entries.
+        for matrices of at most ``2**24`` entries. With ``k``: the ``k``
+        largest, 1-D, descending, for any layer.
         Same namespace and device as ``kernel``; float32 for float32,
         complex64, float16 and bfloat16 kernels, float64 for float64 and
         complex128 ones.
@@ -281,6 +294,15 @@ def singular_values(
     >>> kernel = xp.ones((8, 3, 5, 5))  # (out, in, height, width)
     >>> convsv.singular_values(kernel, (6, 10), layout="OIHW", stride=2).shape
     (3, 5, 8)
+
+    The three largest, with circular and with zero padding (the box filter's
+    symmetry repeats a value):
+
+    >>> box = xp.ones((3, 3, 1, 1))
+    >>> convsv.singular_values(box, (8, 8), k=3)
+    Array([9.        , 7.24264069, 7.24264069], dtype=array_api_strict.float64)
+    >>> convsv.singular_values(box, (8, 8), padding=1, k=3)
+    Array([8.29085937, 7.29085937, 7.29085937], dtype=array_api_strict.float64)
     """
     top = k  # the parsed kernel takes the name below
     k, spec, xp, _ = parse(
@@ -432,12 +454,17 @@ def operator_norm(
 
     Notes
     -----
-    Zero padding: Golub-Kahan-Lanczos bidiagonalisation with full
-    reorthogonalisation, restarted every 32 steps from its best vector,
-    applying the layer and its adjoint by FFT on the zero-padded map. Its
-    estimate never exceeds the norm; it stops once the Ritz residual puts a
-    singular value within ``tol`` of it, which on 3x3 layers took 30 to 100
-    steps for ``1e-6``.
+    Zero padding: Golub-Kahan-Lanczos bidiagonalisation, one batched
+    convolution and its adjoint per step (the framework's own convolution
+    for PyTorch and JAX arrays, a sum of per-tap matrix products or FFT
+    products elsewhere), each group of a grouped layer iterated side by
+    side. Up to 160 vectors are kept (fewer if ``max_memory`` says so), the
+    Ritz pair is formed when the bidiagonal says it has settled, and its
+    residual ``r`` is then computed on the layer itself: the value is
+    certified once ``r / sqrt(2) <= tol * value``, which puts a singular
+    value within ``tol`` of it; otherwise the iteration restarts from that
+    vector. The estimate never exceeds the norm. He-initialised 3x3 layers
+    took 60 to 110 steps for the float32 default ``1e-5``.
 
     Circular padding: only half the frequencies are visited for a real
     kernel (see :func:`singular_values`). On the CPU ``"eigh"`` is the

@@ -24,6 +24,10 @@ from ._norms import operator_norm_bounds, singular_values
 BACKENDS = ("numpy", "torch", "jax", "cupy")
 
 
+#: What :func:`summarize` reports of a spectrum (``None`` each where there is none).
+SPECTRUM_FIELDS = ("count", "operator_norm", "smallest", "condition_number", "stable_rank", "at_least_one")
+
+
 def summarize(values: Any) -> dict[str, Any]:
     """Summary statistics of a layer's singular values (a NumPy array in, plain numbers out)."""
     import numpy as np
@@ -144,16 +148,23 @@ def resolve_sizes(model: Model, input_size: Sequence[int] | None) -> None:
 
 
 def layer_spec(layer: ConvLayer) -> ConvSpec:
-    """The layer as stored, once the circular layer on its map (whose spectrum is reported) is checked too."""
-    circular = {**layer.options, "padding": "circular", "output_padding": 0}
+    """The layer as stored, validated (every error before any work)."""
     try:
-        conv_spec(tuple(layer.kernel.shape), layer.input_shape, layer.layout, **circular)
         return conv_spec(tuple(layer.kernel.shape), layer.input_shape, layer.layout, **layer.options)
     except (TypeError, ValueError) as err:
         size = "x".join(map(str, layer.input_shape or ()))
-        hint = " (the exact spectrum is the circular layer's: choose an --input-size every stride divides)"
-        msg = f"layer {layer.name!r} on a {size} map: {err}{hint if 'must divide' in str(err) else ''}"
+        msg = f"layer {layer.name!r} on a {size} map: {err}"
         raise ModelError(msg) from None
+
+
+def has_circular_twin(layer: ConvLayer) -> bool:
+    """Whether the circular layer on the layer's input map exists (its stride divides the map it reads)."""
+    circular = {**layer.options, "padding": "circular", "output_padding": 0}
+    try:
+        conv_spec(tuple(layer.kernel.shape), layer.input_shape, layer.layout, **circular)
+    except ValueError:
+        return False
+    return True
 
 
 class Progress:
@@ -184,7 +195,7 @@ def analyze(
     to_backend: Callable[[Any], Any],
     progress: Progress,
 ) -> tuple[list[dict[str, Any]], list[Any]]:
-    """One report row and the circular layer's singular values for each layer, in order."""
+    """One report row and the circular layer's singular values (None without one) per layer, in order."""
     specs = [layer_spec(layer) for layer in model.layers]  # every error before any work
     rows, spectra = [], []
     product = 1.0
@@ -200,15 +211,22 @@ def analyze(
             "groups": spec.groups,
             "transposed": spec.transposed,
         }
-        s = to_numpy(singular_values(kernel, size, padding="circular", **common))
-        stats = summarize(s)
+        # The circular layer on the same map: the paper's exact spectrum (not defined where the
+        # stride does not divide a zero-padded layer's map).
+        s = None
+        if has_circular_twin(layer):
+            s = to_numpy(singular_values(kernel, size, padding="circular", **common))
+        stats = summarize(s) if s is not None else dict.fromkeys(SPECTRUM_FIELDS)
         bounds = None
         pads = [list(p) for p in spec.pads or ()]
-        if not spec.circular:
+        if spec.circular:
+            norm = stats["operator_norm"]
+        else:
             extra = layer.options["output_padding"]
             lower, upper = operator_norm_bounds(kernel, size, padding=pads, output_padding=extra, **common)
             bounds = [float(to_numpy(lower)), float(to_numpy(upper))]
-        product *= bounds[1] if bounds else stats["operator_norm"]
+            norm = bounds[0]  # the zero-padded layer's own norm (Lanczos, certified within tol)
+        product *= bounds[1] if bounds else norm
         # A singular layer's condition number is infinite, which JSON cannot hold: null ("-" in tables).
         condition = stats["condition_number"]
         rows.append(
@@ -223,10 +241,11 @@ def analyze(
                 "transposed": spec.transposed,
                 "input_shape": list(spec.layer_input),
                 "output_shape": list(spec.layer_output),
-                "operator_norm": stats["operator_norm"],
+                "operator_norm": norm,
+                "circular_norm": stats["operator_norm"],
                 "norm_bounds": bounds,
                 "smallest_singular_value": stats["smallest"],
-                "condition_number": condition if math.isfinite(condition) else None,
+                "condition_number": condition if condition is None or math.isfinite(condition) else None,
                 "stable_rank": stats["stable_rank"],
                 "singular_values": stats["count"],
                 "singular_values_at_least_one": stats["at_least_one"],
@@ -263,7 +282,7 @@ def _number(x: float | None) -> str:
 
 def format_table(model: Model, rows: list[dict[str, Any]], header: str) -> str:
     """A readable fixed-width table with notes and the norm product underneath."""
-    titles = ["layer", "kernel", "stride", "groups", "padding", "map", "norm", "zero-pad bounds",
+    titles = ["layer", "kernel", "stride", "groups", "padding", "map", "norm", "bounds", "circular",
               "s_min", "cond", "stable rank", "#s>=1"]  # fmt: skip
     lines = [
         [
@@ -275,15 +294,16 @@ def format_table(model: Model, rows: list[dict[str, Any]], header: str) -> str:
             _dims(r["input_shape"]),
             _number(r["operator_norm"]),
             "-" if r["norm_bounds"] is None else f"[{r['norm_bounds'][0]:.4g}, {r['norm_bounds'][1]:.4g}]",
+            _number(r["circular_norm"]),
             _number(r["smallest_singular_value"]),
             _number(r["condition_number"]),
             _number(r["stable_rank"]),
-            str(r["singular_values_at_least_one"]),
+            "-" if r["singular_values_at_least_one"] is None else str(r["singular_values_at_least_one"]),
         ]
         for r in rows
     ]
     widths = [max(len(t), *(len(line[i]) for line in lines)) for i, t in enumerate(titles)]
-    right = {2, 3, 6, 8, 9, 10, 11}
+    right = {2, 3, 6, 8, 9, 10, 11, 12}
 
     def fmt(cells: list[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=False))
@@ -291,8 +311,12 @@ def format_table(model: Model, rows: list[dict[str, Any]], header: str) -> str:
 
     out = [header, "", fmt(titles), fmt(["-" * w for w in widths]), *(fmt(line) for line in lines), ""]
     out += [
-        "norm: exact operator norm of the layer with circular padding on its map (the paper's setting).",
-        "zero-pad bounds: certified [lower, upper] bounds on the norm of the layer as it pads, with zeros.",
+        "norm: the operator norm of the layer as it computes (zero padding: by Lanczos, within 1e-6 of a",
+        "  singular value, from below; circular padding: exact).",
+        "bounds: zero-padded layers only, certified [lower, upper]: the layer attains the lower (its norm);",
+        "  the circular layer on the zero-padded map bounds it from above.",
+        "circular: exact norm of the layer with circular padding on its map (the paper's setting; '-' where",
+        "  the stride does not divide the map). s_min, cond, stable rank and #s>=1 describe its spectrum.",
         f"Product of the layers' norms (upper bounds where zero-padded): {rows[-1]['norm_product']:.6g}",
         "  an upper bound on the Lipschitz constant of these convolutions applied in sequence; it bounds",
         "  the network only where everything between them is 1-Lipschitz and nothing skips a layer.",
@@ -304,7 +328,8 @@ def format_table(model: Model, rows: list[dict[str, Any]], header: str) -> str:
 
 CSV_FIELDS = [
     "name", "kernel_shape", "layout", "stride", "dilation", "groups", "padding", "transposed",
-    "input_shape", "output_shape", "operator_norm", "lower_bound", "upper_bound", "smallest_singular_value",
+    "input_shape", "output_shape", "operator_norm", "lower_bound", "upper_bound", "circular_norm",
+    "smallest_singular_value",
     "condition_number", "stable_rank", "singular_values", "singular_values_at_least_one",
     "reshaped_kernel_norm", "norm_product", "assumed_options", "note",
 ]  # fmt: skip
@@ -342,7 +367,9 @@ def plot_spectra(rows: list[dict[str, Any]], spectra: list[Any], path: str, titl
     except ImportError:
         msg = "--plot needs matplotlib: pip install 'convsv[cli]'"
         raise ModelError(msg) from None
-    shown = [i for i, r in enumerate(rows) if math.prod(_spatial_size(r)) > 1] or list(range(len(rows)))
+    # Layers without a circular twin (a stride that does not divide the map) have no spectrum to draw.
+    drawable = [i for i, s in enumerate(spectra) if s is not None]
+    shown = [i for i in drawable if math.prod(_spatial_size(rows[i])) > 1] or drawable
     figure = Figure(figsize=(15, 4.6), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 3)
@@ -363,7 +390,11 @@ def plot_spectra(rows: list[dict[str, Any]], spectra: list[Any], path: str, titl
                 title="Against normalised rank (Fig. 7)")  # fmt: skip
     for ax in axes:
         ax.grid(True, which="major", alpha=0.3)
-    if len(shown) <= 12:
+    if not shown:
+        axes[0].text(
+            0.5, 0.5, "no layer has a circular twin on its map", ha="center", transform=axes[0].transAxes
+        )
+    elif len(shown) <= 12:
         axes[0].legend(fontsize="small", title="near input: red", title_fontsize="small")
     figure.suptitle(title)
     try:

@@ -32,7 +32,7 @@ import numpy as np
 
 from ._layout import conv_spec
 from ._norms import operator_norm
-from ._projection import ClipInfo, _check_schedule, clip_operator_norm, positive_bound
+from ._projection import BOUNDS, ClipInfo, _check_schedule, clip_operator_norm, positive_bound
 
 __all__ = [
     "LayerReport",
@@ -45,7 +45,7 @@ __all__ = [
 _LAYOUTS = {1: "WIO", 2: "HWIO", 3: "DHWIO"}
 _PADDINGS = ("valid", "same", "causal", "circular")
 _KINDS = ("conv", "depthwise", "transpose")
-_CLIP_OPTIONS = ("method", "iterations", "tol", "min_norm")
+_CLIP_OPTIONS = ("method", "iterations", "tol", "min_norm", "bound")
 Shapes = Mapping[str, Any]
 
 
@@ -54,7 +54,17 @@ def _check_clip_options(options: Mapping[str, Any]) -> dict[str, Any]:
     if unknown:
         msg = f"unknown projection option(s) {unknown}: expected some of {list(_CLIP_OPTIONS)}"
         raise TypeError(msg)
-    merged = {"method": "alternating", "iterations": 1, "tol": None, "min_norm": None, **options}
+    merged = {
+        "method": "alternating",
+        "iterations": 1,
+        "tol": None,
+        "min_norm": None,
+        "bound": "tight",
+        **options,
+    }
+    if merged["bound"] not in BOUNDS:
+        msg = f"`bound` must be one of {BOUNDS}, got {merged['bound']!r}"
+        raise ValueError(msg)
     _check_schedule(merged["method"], merged["iterations"], merged["tol"])
     min_norm = merged["min_norm"]
     if min_norm is not None and (
@@ -171,8 +181,8 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
     padding : {"valid", "same", "causal", "circular"}, optional
         The layer's ``padding`` (default ``"valid"``, as Keras). ``"valid"``,
         ``"same"`` and ``"causal"`` (``Conv1D``) are zero padding: the
-        circular layer on the padded map is projected, which bounds the
-        zero-padded layer's norm from above. ``"circular"`` is a circular
+        zero-padded layer's own norm is held at ``max_norm`` (see
+        ``bound``). ``"circular"`` is a circular
         convolution on ``input_shape`` (say, a periodic padding layer before a
         ``"valid"`` convolution, with ``input_shape`` the map before padding):
         exact; the strides must divide the map.
@@ -197,7 +207,13 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
         Stop once the norm is within ``max_norm * (1 + tol)`` (default None:
         always take ``iterations`` steps).
     min_norm : float, optional
-        A lower bound on every singular value (default None).
+        A lower bound on every singular value (default None; with zero
+        padding it needs ``bound="circular"``).
+    bound : {"tight", "circular"}, optional
+        Zero padding: ``"tight"`` (default) lands the layer's own norm on
+        ``max_norm``; ``"circular"`` projects the circular layer on the padded
+        map, whose norm bounds the layer's from above (cheaper, conservative).
+        As in :func:`convsv.clip_operator_norm`.
 
     Raises
     ------
@@ -259,6 +275,7 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
         iterations: int = 1,
         tol: float | None = None,
         min_norm: float | None = None,
+        bound: str = "tight",
     ) -> None:
         self.max_norm = positive_bound(max_norm)
         self.input_shape = _sizes(input_shape, "input_shape")
@@ -298,8 +315,13 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
                 )
                 raise ValueError(msg)
         self.clip_options = _check_clip_options(
-            {"method": method, "iterations": iterations, "tol": tol, "min_norm": min_norm}
+            {"method": method, "iterations": iterations, "tol": tol, "min_norm": min_norm, "bound": bound}
         )
+        if min_norm is not None and bound == "tight" and self.padding != "circular":
+            msg = (
+                "`min_norm` with zero padding needs bound='circular' (the tight projection has no lower clip)"
+            )
+            raise ValueError(msg)
         if min_norm is not None and min_norm > self.max_norm:
             msg = f"`min_norm` ({min_norm}) must not exceed `max_norm` ({self.max_norm})"
             raise ValueError(msg)
@@ -542,7 +564,7 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
             The layer's input spatial shape; read from the built layer when
             omitted.
         **clip_options
-            ``method``, ``iterations``, ``tol``, ``min_norm``.
+            ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``.
 
         Returns
         -------
@@ -663,8 +685,8 @@ def _input_spatial(layer: Any) -> tuple[int, ...]:
 class LayerReport(NamedTuple):
     """What :func:`clip_operator_norm_` did to one kernel.
 
-    For zero-padded layers the norms are those of the circular layer on the
-    padded map, the upper bound the projection controls. A
+    For zero-padded layers the norms are the zero-padded layer's own (those
+    of the circular layer on the padded map with ``bound="circular"``). A
     ``SeparableConv`` layer has two kernels, each clipped to
     ``sqrt(max_norm)``.
 
@@ -723,7 +745,7 @@ def conv_kernels(
         Only these layers (names or layers); default every supported
         convolution.
     **clip_options
-        ``method``, ``iterations``, ``tol``, ``min_norm``.
+        ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``.
 
     Returns
     -------
@@ -845,7 +867,7 @@ def clip_operator_norm_(
     layers : sequence of str or keras.layers.Layer, optional
         Only these layers; default every supported convolution.
     **clip_options
-        ``method``, ``iterations``, ``tol``, ``min_norm``: as in
+        ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``: as in
         :func:`convsv.clip_operator_norm`.
 
     Returns
@@ -907,7 +929,7 @@ class OperatorNormClipping(keras.callbacks.Callback):  # type: ignore[misc]
     layers : sequence of str or keras.layers.Layer, optional
         Only these layers; default every supported convolution.
     **clip_options
-        ``method``, ``iterations``, ``tol``, ``min_norm``: as in
+        ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``: as in
         :func:`convsv.clip_operator_norm`.
 
     Attributes

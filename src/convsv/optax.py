@@ -44,7 +44,7 @@ __all__ = [
     "nnx_input_shapes",
 ]
 
-_CLIP_OPTIONS = ("method", "iterations", "tol", "min_norm")
+_CLIP_OPTIONS = ("method", "iterations", "tol", "min_norm", "bound")
 KeyPath = tuple[Any, ...]
 _ShapeDtypeStruct: Any = jax.ShapeDtypeStruct
 _sharding: Any = jax.sharding
@@ -84,9 +84,9 @@ class Conv:
         Channel groups (default 1; the input channels for a depthwise layer).
     padding : str, int or tuple, optional
         ``"circular"`` (default) is exact; ``"same"``, ``"valid"``, ints or
-        ``(before, after)`` pairs per axis are zero padding, for which the
-        circular layer on the padded map is projected (its norm bounds the
-        zero-padded layer's).
+        ``(before, after)`` pairs per axis are zero padding, whose own norm
+        the projection holds at the bound (``bound="circular"``: the
+        circular layer's on the padded map, an upper bound).
     transposed : bool, optional
         The kernel is a transposed layer's (default False).
     output_padding : int or tuple of int, optional
@@ -340,7 +340,7 @@ def clip_operator_norm(
         (default; Flax, ``jax.lax`` with ``("NHWC", "HWIO", "NHWC")``) or
         ``"OIHW"`` (Equinox), and their 1-D and 3-D twins.
     **options
-        ``method``, ``iterations``, ``tol``, ``min_norm``: as in
+        ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``: as in
         :func:`convsv.clip_operator_norm` (default: one step of the paper's
         projection; ``method="extrapolated", iterations=50, tol=1e-5`` reaches
         the bound).
@@ -381,8 +381,9 @@ def clip_operator_norm(
     channels on two devices). ``update`` also works outside ``jax.jit``: the
     projection itself is compiled.
 
-    With zero padding the bound holds for the circular layer on the padded
-    map, which bounds the zero-padded layer's norm: see
+    With zero padding the zero-padded layer's own norm is put on the bound
+    (pass ``bound="circular"`` to bound the circular layer on the padded map
+    instead, which is cheaper and conservative): see
     :func:`convsv.clip_operator_norm`.
 
     Examples

@@ -43,8 +43,8 @@ Layers = Sequence[tuple[str, Conv]]
 class LayerReport(NamedTuple):
     """What :func:`clip_operator_norm_` did to one layer (0-d tensors on the layer's device).
 
-    For zero-padded layers the norms are those of the circular layer on the
-    padded map, the upper bound the projection controls.
+    For zero-padded layers the norms are the zero-padded layer's own (those
+    of the circular layer on the padded map with ``bound="circular"``).
 
     Parameters
     ----------
@@ -294,8 +294,9 @@ def clip_operator_norm_(
     Each ``Conv1d/2d/3d`` and ``ConvTranspose1d/2d/3d`` is projected with
     :func:`convsv.clip_operator_norm`, using the layer's own stride,
     dilation, groups and padding: exact for ``padding_mode="circular"``; for
-    zero padding, the circular layer on the padded map is projected, which
-    bounds the zero-padded layer's norm.
+    zero padding the layer's own norm lands on ``max_norm`` (or, with
+    ``bound="circular"``, the circular layer on the padded map is
+    projected, which bounds it from above).
 
     Parameters
     ----------
@@ -310,7 +311,7 @@ def clip_operator_norm_(
         An input for one forward pass (under ``torch.no_grad``) that records
         the shapes ``input_shapes`` does not give.
     **clip_options
-        ``method``, ``iterations``, ``tol``, ``min_norm``: as in
+        ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``: as in
         :func:`convsv.clip_operator_norm`.
 
     Returns
@@ -376,7 +377,7 @@ class OperatorNormClipper:
     example_input : tensor or tuple of tensors, optional
         An input for one forward pass that records the shapes up front.
     **clip_options
-        ``method``, ``iterations``, ``tol``, ``min_norm``: as in
+        ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``: as in
         :func:`convsv.clip_operator_norm`.
 
     Attributes
@@ -485,7 +486,7 @@ class OperatorNormParametrization(nn.Module):
         The layer's input spatial shape.
     **options
         Layer options (``layout``, ``stride``, ...) and projection options
-        (``method``, ``iterations``, ``tol``, ``min_norm``), as in
+        (``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``), as in
         :func:`convsv.clip_operator_norm`.
 
     See Also
@@ -531,7 +532,7 @@ def parametrize_operator_norm(
     input_shape : int or sequence of int
         The layer's input spatial shape.
     **clip_options
-        ``method``, ``iterations``, ``tol``, ``min_norm``: as in
+        ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``: as in
         :func:`convsv.clip_operator_norm` (the default, one step of the
         paper's projection, is the cheapest).
 
