@@ -8,7 +8,16 @@ from typing import Any
 
 from ._docs import fill_layer_doc
 from ._layout import ConvSpec, parse
-from ._lib import Array, Namespace, device_of, full_precision, on_accelerator, pad_axis, zero_d
+from ._lib import (
+    Array,
+    Namespace,
+    compiled_for_jax,
+    device_of,
+    full_precision,
+    on_accelerator,
+    pad_axis,
+    zero_d,
+)
 from ._operator import BLOCK_CAPACITY, LANCZOS_CAPACITY, basis_rows, forward_matrix, padded_values
 from ._spectrum import (
     blocks_by_rows,
@@ -147,6 +156,7 @@ def _check_count(k: object, total: int) -> int | None:
 
 
 @full_precision
+@compiled_for_jax
 @fill_layer_doc
 def singular_values(
     kernel: Array,
@@ -376,6 +386,7 @@ def _largest(values: Array, count: int, xp: Namespace) -> Array:
 
 
 @full_precision
+@compiled_for_jax
 @fill_layer_doc
 def operator_norm(
     kernel: Array,
@@ -525,6 +536,7 @@ def operator_norm(
 
 
 @full_precision
+@compiled_for_jax
 @fill_layer_doc
 def operator_norm_bounds(
     kernel: Array,

@@ -82,6 +82,7 @@ def forward_matrix(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
 
 
 @full_precision
+@compiled_for_jax
 @fill_layer_doc
 def conv_matrix(
     kernel: Array,
@@ -523,7 +524,6 @@ def basis_rows(vectors_per_row: int, spec: ConvSpec, itemsize: int, max_memory: 
     return max(16, min(most, max_memory // (row * itemsize)))
 
 
-@compiled_for_jax(static=(1, 2), names=("count", "tol", "iterations", "capacity"))
 def padded_values(
     kernel: Array,
     spec: ConvSpec,

@@ -28,6 +28,7 @@ from ._lib import (
     Array,
     Namespace,
     batch_map,
+    compiled_for_jax,
     complex_dtype,
     device_of,
     full_precision,
@@ -372,6 +373,7 @@ def _tight_projection(
 
 
 @full_precision
+@compiled_for_jax
 @fill_layer_doc
 def clip_operator_norm(
     kernel: Array,
@@ -644,6 +646,7 @@ def clip_operator_norm(
 
 
 @full_precision
+@compiled_for_jax
 @fill_layer_doc
 def clip_singular_values(
     kernel: Array,

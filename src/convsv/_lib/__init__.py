@@ -126,33 +126,48 @@ def fori(start: int, stop: int, body: Callable[[int, State], State], state: Stat
     return state
 
 
-def compiled_for_jax(static: tuple[int, ...], names: tuple[str, ...]) -> Callable[[F], F]:
+def compiled_for_jax(func: F) -> F:
     """Run ``func(array, ...)`` under ``jax.jit`` when ``array`` is a concrete JAX array.
 
-    Eager JAX dispatches each operation alone and copies on every functional
-    update, which makes long iterations slow; compiled, the whole loop is one
-    program (compiled once per shape and static arguments ``static`` (positions)
-    and ``names``). Traced arrays (already inside ``jit``, ``grad``, ``vmap``) and
-    other libraries call ``func`` as it is.
+    Every other argument is static (compiled into the program: shapes,
+    options, bounds). Eager JAX compiles each operation apart for every new
+    shape and copies on every functional update, which costs seconds per
+    call; compiled, a call is one program, compiled once per shape and
+    options. Traced arrays (already inside ``jit``, ``grad``, ``vmap``),
+    other libraries, and arguments that cannot be static (unhashable ones)
+    call ``func`` as it is. Lists become tuples first, so ``padding=[[1, 1]]``
+    can be static.
     """
 
-    def decorate(func: F) -> F:
-        @functools.wraps(func)
-        def wrapper(array: Array, *args: Any, **kwargs: Any) -> Any:
-            if array_api_compat.is_jax_array(array) and not _is_traced(array):
-                return _jitted(func, static, names)(array, *args, **kwargs)
-            return func(array, *args, **kwargs)
+    @functools.wraps(func)
+    def wrapper(array: Any, *args: Any, **kwargs: Any) -> Any:
+        if array_api_compat.is_jax_array(array) and not _is_traced(array):
+            args = tuple(_frozen(a) for a in args)
+            kwargs = {name: _frozen(value) for name, value in kwargs.items()}
+            try:
+                hash((args, tuple(kwargs.items())))
+            except TypeError:
+                return func(array, *args, **kwargs)
+            return _jitted(func, len(args), tuple(sorted(kwargs)))(array, *args, **kwargs)
+        return func(array, *args, **kwargs)
 
-        return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]
 
-    return decorate
+
+def _frozen(value: Any) -> Any:
+    """Lists (and NumPy arrays of sizes) as tuples, so that they can be static arguments."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    if array_api_compat.is_numpy_array(value) and value.ndim:
+        return tuple(_frozen(v) for v in value.tolist())
+    return value
 
 
 @cache
-def _jitted(func: Callable[..., Any], static: tuple[int, ...], names: tuple[str, ...]) -> Any:
+def _jitted(func: Callable[..., Any], count: int, names: tuple[str, ...]) -> Any:
     import jax
 
-    return jax.jit(func, static_argnums=static, static_argnames=names)
+    return jax.jit(func, static_argnums=tuple(range(1, count + 1)), static_argnames=names)
 
 
 def put_rows(x: Array, start: Any, rows: Array) -> Array:
