@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-SUITES = ("layers", "sweep", "resnet32", "resnet50")
+SUITES = ("layers", "sweep", "zeropad", "resnet32", "resnet50")
 #: Thread-count variables of the OpenMP, OpenBLAS, MKL, Accelerate and numexpr pools.
 THREAD_VARS = (
     "OMP_NUM_THREADS",
@@ -205,7 +205,12 @@ def main(argv: list[str] | None = None) -> None:
         "suites": {},
     }
     timer = suites.Timer(args.repeats, args.budget, args.device)
-    run = {"layers": suites.layers, "sweep": suites.sweep, "resnet32": suites.resnet32_suite}
+    run = {
+        "layers": suites.layers,
+        "sweep": suites.sweep,
+        "zeropad": suites.zero_padding,
+        "resnet32": suites.resnet32_suite,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     for name in args.suites:
         if name not in measured:

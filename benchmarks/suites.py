@@ -282,7 +282,85 @@ def sweep(timer: Timer, device: str, quick: bool) -> list[dict]:
     return rows
 
 
+# --- zero padding --------------------------------------------------------------------------------
+
+#: He-initialised 3x3 layers (channels, map) of the zero-padded norm's targets.
+ZERO_PADDED = ((64, 32), (128, 16), (256, 8), (512, 4))
+ZERO_PADDED_QUICK = ((16, 8), (32, 4))
+#: Power iteration steps of the comparison, and the most tried when counting the steps to match convsv.
+POWER_STEPS = 100
+POWER_MAX_STEPS = 4000
+
+
+def power_iteration(weight: torch.Tensor, n: int, steps: int, start: torch.Tensor) -> list[float]:
+    """``steps`` of power iteration on ``A^T A`` with PyTorch's own ``conv2d``/``conv_transpose2d``.
+
+    Returns the estimate ``sqrt(||A^T A v||)`` after every step (the last is the result).
+    """
+    functional = torch.nn.functional
+    v = start / torch.linalg.vector_norm(start)
+    estimates = []
+    for _ in range(steps):
+        u = functional.conv2d(v, weight, padding=1)
+        v = functional.conv_transpose2d(u, weight, padding=1)
+        size = torch.linalg.vector_norm(v)
+        v = v / size
+        estimates.append(float(size) ** 0.5)
+    return estimates
+
+
+def zero_padding(timer: Timer, device: str, quick: bool) -> list[dict]:
+    """The zero-padded norm (``padding=1``, default tol) against power iteration with PyTorch's convolutions."""
+    rng = np.random.default_rng(2)
+    rows = []
+    for c, n in ZERO_PADDED_QUICK if quick else ZERO_PADDED:
+        log(f"zero padding: 3x3x{c}x{c} @{n}")
+        kernel = he_kernel(rng, 3, c, c, "float32")
+        weight = torch.asarray(np.ascontiguousarray(np.transpose(kernel, (3, 2, 0, 1))), device=device)
+        tensor = torch.asarray(kernel, device=device)
+        start = torch.asarray(rng.standard_normal((1, c, n, n)).astype(np.float32), device=device)
+        # The reference: float64 Lanczos to 1e-12 (the tests check this route against dense SVDs).
+        reference = float(convsv.operator_norm(kernel.astype(np.float64), n, padding=1, tol=1e-12))
+        power, power_time = timer(lambda: power_iteration(weight, n, POWER_STEPS, start))
+        from_torch, torch_time = timer(lambda: convsv.operator_norm(tensor, n, padding=1))
+        from_numpy, numpy_time = timer(lambda: convsv.operator_norm(kernel, n, padding=1))
+        bound, bound_time = timer(lambda: convsv.operator_norm(kernel, n + 2))  # circular, padded map
+        error = abs(float(to_numpy(from_torch)) - reference) / reference
+        row = {
+            "channels": c,
+            "n": n,
+            "reference": reference,
+            "power_100": power_time,
+            "power_100_rel_error": (power[-1] - reference) / reference,
+            "convsv_torch": torch_time,
+            "convsv_torch_rel_error": relative(from_torch, reference),
+            "convsv_numpy": numpy_time,
+            "convsv_numpy_rel_error": relative(from_numpy, reference),
+            "circular_bound": bound_time,
+            "circular_bound_over_norm": float(to_numpy(bound)) / reference,
+            "ratio_torch": torch_time["median_s"] / power_time["median_s"],
+            "ratio_numpy": numpy_time["median_s"] / power_time["median_s"],
+        }
+        if not quick:  # how long power iteration must run to be as close as convsv's value
+            estimates = power_iteration(weight, n, POWER_MAX_STEPS, start)
+            close = [
+                i + 1 for i, e in enumerate(estimates) if abs(e - reference) <= max(error, 1e-6) * reference
+            ]
+            row["power_steps_to_match"] = close[0] if close else None
+        rows.append(row)
+    return rows
+
+
 # --- resnet32 -------------------------------------------------------------------------------------
+
+
+def zero_padded_norms(model: torch.nn.Module, shapes: dict) -> dict[str, float]:
+    """Each convolution's operator norm as it computes (zero padding and all), after a projection."""
+    norms = {}
+    for name, layer in convsv.torch.conv_layers(model):
+        options = convsv.torch.layer_options(layer, shapes[name])
+        norms[name] = float(convsv.operator_norm(layer.weight.detach(), shapes[name], **options))
+    return {"min": min(norms.values()), "max": max(norms.values())}
 
 
 def resnet32_suite(timer: Timer, device: str, quick: bool) -> dict:
@@ -316,7 +394,11 @@ def resnet32_suite(timer: Timer, device: str, quick: bool) -> dict:
         "every": 100,
         "projections": {},
     }
-    runs = {"default": {}}
+    # Its convolutions pad with zeros: the default (bound="tight") lands each one's own norm on the
+    # bound; bound="circular" is the projection before it, of the circular layer on the padded map.
+    runs: dict[str, dict[str, Any]] = {"default": {}}
+    if accepts(convsv.clip_operator_norm, "bound"):
+        runs["circular bound"] = {"bound": "circular"}
     if not quick:
         runs["extrapolated"] = {"method": "extrapolated", "iterations": 50, "tol": 1e-5}
     for label, options in runs.items():
@@ -333,6 +415,8 @@ def resnet32_suite(timer: Timer, device: str, quick: bool) -> dict:
             "fraction_every_100": clip["median_s"] / (100 * step["median_s"]),
             "max_norm_after": max(float(r.norm_after) for r in report),
             "max_norm_before": max(float(r.norm_before) for r in report),
+            # Measured afresh, the same way for every run: each layer's own (zero-padded) norm.
+            "zero_padded_norms_after": zero_padded_norms(model, shapes),
             "iterations": [int(r.iterations) for r in report],
         }
     if quick:

@@ -22,7 +22,11 @@ def test_quick_run_writes_every_suite(tmp_path):
         assert (tmp_path / name).stat().st_size > 0, name
     results = json.loads((tmp_path / "results.json").read_text())
     suites = results["suites"]
-    assert set(suites) == {"layers", "sweep", "resnet32", "resnet50"}
+    assert set(suites) == {"layers", "sweep", "zeropad", "resnet32", "resnet50"}
+    for row in suites["zeropad"]:  # certified to the float32 default tol
+        assert abs(row["convsv_torch_rel_error"]) < 2e-5, row
+        assert abs(row["convsv_numpy_rel_error"]) < 2e-5, row
+        assert row["circular_bound_over_norm"] >= 1 - 1e-6, row
     assert suites["layers"]
     assert suites["sweep"]
     for row in suites["sweep"]:
