@@ -8,6 +8,7 @@ repeated calls after one warm-up call, measured with ``time.perf_counter``.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import statistics
 import sys
@@ -321,10 +322,12 @@ def zero_padding(timer: Timer, device: str, quick: bool) -> list[dict]:
         start = torch.asarray(rng.standard_normal((1, c, n, n)).astype(np.float32), device=device)
         # The reference: float64 Lanczos to 1e-12 (the tests check this route against dense SVDs).
         reference = float(convsv.operator_norm(kernel.astype(np.float64), n, padding=1, tol=1e-12))
-        power, power_time = timer(lambda: power_iteration(weight, n, POWER_STEPS, start))
-        from_torch, torch_time = timer(lambda: convsv.operator_norm(tensor, n, padding=1))
-        from_numpy, numpy_time = timer(lambda: convsv.operator_norm(kernel, n, padding=1))
-        bound, bound_time = timer(lambda: convsv.operator_norm(kernel, n + 2))  # circular, padded map
+        power, power_time = timer(functools.partial(power_iteration, weight, n, POWER_STEPS, start))
+        from_torch, torch_time = timer(functools.partial(convsv.operator_norm, tensor, n, padding=1))
+        from_numpy, numpy_time = timer(functools.partial(convsv.operator_norm, kernel, n, padding=1))
+        bound, bound_time = timer(
+            functools.partial(convsv.operator_norm, kernel, n + 2)
+        )  # circular, padded map
         error = abs(float(to_numpy(from_torch)) - reference) / reference
         row = {
             "channels": c,
