@@ -311,7 +311,7 @@ def power_iteration(weight: torch.Tensor, n: int, steps: int, start: torch.Tenso
 
 
 def zero_padding(timer: Timer, device: str, quick: bool) -> list[dict]:
-    """The zero-padded norm (``padding=1``, default tol) against power iteration with PyTorch's convolutions."""
+    """The zero-padded norm (``padding=1``, default tol) against power iteration with torch's convolutions."""
     rng = np.random.default_rng(2)
     rows = []
     for c, n in ZERO_PADDED_QUICK if quick else ZERO_PADDED:
@@ -325,9 +325,8 @@ def zero_padding(timer: Timer, device: str, quick: bool) -> list[dict]:
         power, power_time = timer(functools.partial(power_iteration, weight, n, POWER_STEPS, start))
         from_torch, torch_time = timer(functools.partial(convsv.operator_norm, tensor, n, padding=1))
         from_numpy, numpy_time = timer(functools.partial(convsv.operator_norm, kernel, n, padding=1))
-        bound, bound_time = timer(
-            functools.partial(convsv.operator_norm, kernel, n + 2)
-        )  # circular, padded map
+        # The circular layer on the padded map: the certified upper bound.
+        bound, bound_time = timer(functools.partial(convsv.operator_norm, kernel, n + 2))
         error = abs(float(to_numpy(from_torch)) - reference) / reference
         row = {
             "channels": c,
