@@ -1,14 +1,19 @@
 """Test, lint, type-check and documentation sessions.
 
-``nox`` runs the default sessions: the core test suite once per array backend
-(numpy, array_api_strict, torch, jax) on the CPU, the command line on every model
-format (``cli``), the training adapters once per framework (``adapters-torch``,
-``adapters-keras-jax``, ``adapters-keras-torch``, ``adapters-keras-tensorflow``,
-``adapters-optax``), the experiments' ``--quick`` runs (``experiments``), ``lint``,
-``typecheck`` and ``docs``. ``nox -t gpu`` runs the GPU session in the current
-interpreter (for machines with CUDA, torch/jax/cupy preinstalled and no package
-index). ``nox -s bench`` runs the benchmarks (not a default session;
+``nox`` runs the default sessions, each in one environment: the core test
+suite on every CPU array backend (numpy, array_api_strict, torch, jax) in one
+run (``core``), the command line on every model format with the experiments'
+and the benchmarks' quick runs (``scripts``), the training adapters
+(``adapters-torch``: PyTorch and Keras on PyTorch; ``adapters-jax``: Keras on
+JAX and optax; ``adapters-tensorflow``: Keras on TensorFlow), ``lint``,
+``typecheck`` and ``docs``. ``nox -s "tests(backend='torch')"`` runs the core
+suite on one backend. ``nox -t gpu`` runs the GPU session in the current
+interpreter (for machines with CUDA, torch/jax/cupy preinstalled and no
+package index). ``nox -s bench`` runs the benchmarks (not a default session;
 ``nox -s bench -- --quick`` for a smoke run).
+
+Sessions share environments where their packages agree, because on a
+two-core CI machine installing PyTorch and JAX once per session cost minutes.
 """
 
 from __future__ import annotations
@@ -32,57 +37,69 @@ BACKENDS = {
 # One BLAS thread per process: the suites run two xdist workers on two cores, and two
 # multi-threaded SVDs per core were measured 5x slower than one thread each.
 THREADS = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"), "1")
-TEST_ENV = {"CONVSV_REQUIRE_BACKENDS": "1", "HYPOTHESIS_PROFILE": "ci", **THREADS}
+# XLA's backend at optimisation level 0: the JAX tests compile hundreds of small programs, once
+# each, and level 0 halved the compile of a zero-padded norm (2.0 s -> 0.9 s) for no difference
+# in the numbers.
+XLA = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}
+TEST_ENV = {"CONVSV_REQUIRE_BACKENDS": "1", "HYPOTHESIS_PROFILE": "ci", **THREADS, **XLA}
+CORE_TESTS = ["--ignore=tests/adapters", "--ignore=tests/experiments"]
 
 
 @nox.session
-@nox.parametrize("backend", list(BACKENDS))
-def tests(session: nox.Session, backend: str) -> None:
-    """The test suite on one CPU backend (the tests of the others are deselected)."""
-    session.install(*BACKENDS[backend], "-e", ".[test]")
-    # Two workers: the suite is single-threaded work (SVD batches, JAX compiles) on a 2-core CI.
+def core(session: nox.Session) -> None:
+    """The core test suite on every CPU backend, in one run (two workers share the work)."""
+    session.install(TORCH, "jax", "-e", ".[test]")
     session.run(
         "pytest",
         "-n",
         "2",
-        "--ignore=tests/adapters",
-        "--ignore=tests/experiments",
+        *CORE_TESTS,
         *session.posargs,
-        env={**TEST_ENV, "CONVSV_BACKENDS": backend},
+        env={**TEST_ENV, "CONVSV_BACKENDS": ",".join(BACKENDS)},
     )
 
 
-# Each adapter session: the framework(s) it needs, environment variables, and its tests and doctests.
+@nox.session(default=False)
+@nox.parametrize("backend", list(BACKENDS))
+def tests(session: nox.Session, backend: str) -> None:
+    """The core test suite on one CPU backend (the tests of the others are deselected)."""
+    session.install(*BACKENDS[backend], "-e", ".[test]")
+    env = {**TEST_ENV, "CONVSV_BACKENDS": backend}
+    session.run("pytest", "-n", "2", *CORE_TESTS, *session.posargs, env=env)
+
+
+# The adapter sessions: the frameworks each installs, and per test run its environment and module.
 ADAPTERS = {
-    "torch": ([TORCH], {}, "torch"),
-    "keras-jax": (["jax", "keras>=3.5"], {"KERAS_BACKEND": "jax"}, "keras"),
-    "keras-torch": ([TORCH, "keras>=3.5"], {"KERAS_BACKEND": "torch"}, "keras"),
-    "keras-tensorflow": (["tensorflow-cpu==2.21.0", "keras>=3.5"], {"KERAS_BACKEND": "tensorflow"}, "keras"),
-    "optax": (
-        ["jax", "optax>=0.2.3", "flax>=0.10", "equinox>=0.11"],
-        {"JAX_DEFAULT_PRNG_IMPL": "rbg"},
-        "optax",
+    "torch": (
+        [TORCH, "keras>=3.5"],
+        [({}, "torch"), ({"KERAS_BACKEND": "torch"}, "keras")],
     ),
+    "jax": (
+        ["jax", "keras>=3.5", "optax>=0.2.3", "flax>=0.10", "equinox>=0.11"],
+        [({"KERAS_BACKEND": "jax"}, "keras"), ({"JAX_DEFAULT_PRNG_IMPL": "rbg"}, "optax")],
+    ),
+    "tensorflow": (["tensorflow-cpu==2.21.0", "keras>=3.5"], [({"KERAS_BACKEND": "tensorflow"}, "keras")]),
 }
 
 
 def _adapter_session(name: str) -> None:
-    packages, env, module = ADAPTERS[name]
+    packages, runs = ADAPTERS[name]
 
     @nox.session(name=f"adapters-{name}")
     def session(session: nox.Session) -> None:
         session.install(*packages, "scikit-learn", "-e", ".[test]")
-        session.run(
-            "pytest",
-            "-n",
-            "2",
-            f"tests/adapters/test_{module}.py",
-            f"src/convsv/{module}.py",
-            *session.posargs,
-            env={**TEST_ENV, **env, "CONVSV_REQUIRE_ADAPTERS": "1"},
-        )
+        for env, module in runs:
+            session.run(
+                "pytest",
+                "-n",
+                "2",
+                f"tests/adapters/test_{module}.py",
+                f"src/convsv/{module}.py",
+                *session.posargs,
+                env={**TEST_ENV, **env, "CONVSV_REQUIRE_ADAPTERS": "1"},
+            )
 
-    session.__doc__ = f"The {name} training adapter's tests and doctests."
+    session.__doc__ = f"The tests and doctests of the training adapters that run on {name}."
 
 
 for _name in ADAPTERS:
@@ -90,42 +107,24 @@ for _name in ADAPTERS:
 
 
 # `convsv analyze` reads every model format: the frameworks that write them are installed to make
-# test models, and a missing one fails the session instead of skipping.
+# test models, and a missing one fails the session instead of skipping. The experiments and the
+# benchmarks' quick run need a subset of the same packages.
 FORMATS = [TORCH, "jax", "keras>=3.5", "onnx>=1.14", "safetensors>=0.4", "matplotlib", "scikit-learn"]
+SCRIPTS = [
+    "tests/test_analyze.py",
+    "tests/test_bundled_model.py",
+    "tests/test_cli.py",
+    "tests/experiments",
+    "benchmarks/test_quick_run.py",
+]
 
 
 @nox.session
-def cli(session: nox.Session) -> None:
-    """The command line (``convsv analyze`` on every model format, the bundled model, ``convsv spectrum``)."""
+def scripts(session: nox.Session) -> None:
+    """The command line on every model format, the experiments' and the benchmarks' ``--quick`` runs."""
     session.install(*FORMATS, "-e", ".[test]")
-    session.run(
-        "pytest",
-        "-n",
-        "2",
-        "tests/test_analyze.py",
-        "tests/test_bundled_model.py",
-        "tests/test_cli.py",
-        *session.posargs,
-        env={**TEST_ENV, "CONVSV_BACKENDS": "numpy", "CONVSV_REQUIRE_FORMATS": "1", "KERAS_BACKEND": "jax"},
-    )
-
-
-# The experiments' --quick runs, on tiny generated data (CIFAR-format files written by the tests).
-EXPERIMENTS = [TORCH, "jax", "matplotlib", "scikit-learn"]
-
-
-@nox.session
-def experiments(session: nox.Session) -> None:
-    """Every script in experiments/ in its ``--quick`` mode, its outputs checked for the expected fields."""
-    session.install(*EXPERIMENTS, "-e", ".[test]")
-    session.run(
-        "pytest",
-        "-n",
-        "2",
-        "tests/experiments",
-        *session.posargs,
-        env={**TEST_ENV, "CONVSV_BACKENDS": "numpy"},
-    )
+    env = {**TEST_ENV, "CONVSV_BACKENDS": "numpy", "CONVSV_REQUIRE_FORMATS": "1", "KERAS_BACKEND": "jax"}
+    session.run("pytest", "-n", "2", *SCRIPTS, *session.posargs, env=env)
 
 
 @nox.session(venv_backend="none", default=False, tags=["gpu"])
@@ -145,13 +144,6 @@ def bench(session: nox.Session) -> None:
     """The benchmarks (benchmarks/README.md); arguments after ``--`` go to benchmarks/run.py."""
     session.install(TORCH, "numpy", "matplotlib", "threadpoolctl", "-e", ".")
     session.run("python", "benchmarks/run.py", *session.posargs)
-
-
-@nox.session(name="bench-smoke")
-def bench_smoke(session: nox.Session) -> None:
-    """The benchmarks' ``--quick`` run, checked for complete, sane output (not for speed)."""
-    session.install(TORCH, "numpy", "matplotlib", "pytest", "-e", ".")
-    session.run("pytest", "-p", "no:randomly", "benchmarks/test_quick_run.py", env=THREADS)
 
 
 @nox.session

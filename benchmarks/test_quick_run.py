@@ -1,4 +1,4 @@
-"""The benchmark suite's smoke run (``nox -s bench-smoke``): it runs and its numbers are sane.
+"""The benchmark suite's smoke run (``nox -s scripts``): it runs and its numbers are sane.
 
 Not a timing test: it checks that every suite ran, that the files were
 written, and that the values convsv reported agree with the references the
