@@ -311,8 +311,8 @@ def format_table(model: Model, rows: list[dict[str, Any]], header: str) -> str:
 
     out = [header, "", fmt(titles), fmt(["-" * w for w in widths]), *(fmt(line) for line in lines), ""]
     out += [
-        "norm: the operator norm of the layer as it computes (zero padding: by Lanczos, within 1e-6 of a",
-        "  singular value, from below; circular padding: exact).",
+        "norm: the operator norm of the layer as it computes (zero padding: by Lanczos, from below, within",
+        "  1e-5 of a singular value in float32, 1e-6 in float64; circular padding: exact).",
         "bounds: zero-padded layers only, certified [lower, upper]: the layer attains the lower (its norm);",
         "  the circular layer on the zero-padded map bounds it from above.",
         "circular: exact norm of the layer with circular padding on its map (the paper's setting; '-' where",
