@@ -314,8 +314,7 @@ def singular_values(
     >>> convsv.singular_values(box, (8, 8), padding=1, k=3)
     Array([8.29085937, 7.29085937, 7.29085937], dtype=array_api_strict.float64)
     """
-    top = k  # the parsed kernel takes the name below
-    k, spec, xp, _ = parse(
+    array, spec, xp, _ = parse(
         kernel,
         input_shape,
         layout,
@@ -328,18 +327,18 @@ def singular_values(
         output_padding=output_padding,
     )
     check_chunking(chunk_size, max_memory)
-    count = _check_count(top, _count_of_values(spec))
-    tolerance = _tolerance(tol, k.dtype, xp)
+    count = _check_count(k, _count_of_values(spec))
+    tolerance = _tolerance(tol, array.dtype, xp)
     _check_iterations(iterations)
     if spec.circular:
-        values = _circular_spectrum(k, spec, xp, chunk_size, max_memory)
+        values = _circular_spectrum(array, spec, xp, chunk_size, max_memory)
         return values if count is None else _largest(values, count, xp)
     n_in, n_out = (
         spec.in_channels * math.prod(spec.conv_input),
         spec.out_channels * math.prod(spec.conv_output),
     )
     if n_in * n_out <= MAX_DENSE_SVD:
-        values = matrix_singular_values(forward_matrix(k, spec, xp), xp)
+        values = matrix_singular_values(forward_matrix(array, spec, xp), xp)
         return values if count is None else values[:count]
     if count is None:
         msg = (
@@ -349,8 +348,10 @@ def singular_values(
             "padding='circular' for the exact spectrum of the circular layer"
         )
         raise ValueError(msg)
-    rows = basis_rows(3, spec, _itemsize(k, xp), max_memory, max(BLOCK_CAPACITY, 4 * count))
-    values, _ = padded_values(k, spec, xp, count=count, tol=tolerance, iterations=iterations, capacity=rows)
+    rows = basis_rows(3, spec, _itemsize(array, xp), max_memory, max(BLOCK_CAPACITY, 4 * count))
+    values, _ = padded_values(
+        array, spec, xp, count=count, tol=tolerance, iterations=iterations, capacity=rows
+    )
     return values
 
 

@@ -200,7 +200,7 @@ def _pad_or_crop(x: Array, axis: int, before: int, after: int, xp: Namespace) ->
     x = pad_axis(x, axis, max(before, 0), max(after, 0), xp)
     if before < 0 or after < 0:
         keep = slice(max(-before, 0), x.shape[axis] - max(-after, 0))
-        x = x[(*(slice(None),) * axis, keep, ...)]
+        x = x[(slice(None),) * axis + (keep, Ellipsis)]
     return x
 
 
@@ -218,14 +218,18 @@ def _correlate(
     last = xp.permute_dims(x, (0, 1, *range(3, 3 + d), 2))  # channels last: (B, G, *P, c)
     total = None
     for tap in itertools.product(*(range(k) for k in taps.shape[:d])):
-        window = tuple(
-            slice(p * r, p * r + (m - 1) * s + 1, s)
-            for p, r, m, s in zip(tap, dilation, out, stride, strict=True)
+        window = (
+            slice(None),
+            slice(None),
+            *(
+                slice(p * r, p * r + (m - 1) * s + 1, s)
+                for p, r, m, s in zip(tap, dilation, out, stride, strict=True)
+            ),
+            slice(None),
         )
-        gathered = xp.reshape(
-            last[(slice(None), slice(None), *window, slice(None))], (batch, groups, rows, channels)
-        )
-        term = gathered @ taps[(*tap, ...)]
+        gathered = xp.reshape(last[window], (batch, groups, rows, channels))
+        this_tap = (*tap, Ellipsis)
+        term = gathered @ taps[this_tap]
         total = term if total is None else total + term
     assert total is not None
     total = xp.reshape(total, (batch, groups, *out, total.shape[-1]))
@@ -293,7 +297,8 @@ class PaddedLayer:
         self.real = not xp.isdtype(kernel.dtype, "complex floating")
         matrices = transfer_matrices(kernel, spec, xp)  # (*grid, G, i, o)
         if self.real:  # the half spectrum of real maps
-            matrices = matrices[(*(slice(None),) * (spec.ndim - 1), slice(0, spec.grid[-1] // 2 + 1), ...)]
+            half = (slice(0, spec.grid[-1] // 2 + 1), Ellipsis)
+            matrices = matrices[(slice(None),) * (spec.ndim - 1) + half]
         self.freq_shape = matrices.shape[: spec.ndim]
         flat = xp.reshape(matrices, (math.prod(self.freq_shape), *matrices.shape[spec.ndim :]))
         self.matrices = contiguous(flat, xp)

@@ -216,11 +216,12 @@ def analyze(
         s = None
         if has_circular_twin(layer):
             s = to_numpy(singular_values(kernel, size, padding="circular", **common))
-        stats = summarize(s) if s is not None else dict.fromkeys(SPECTRUM_FIELDS)
+        stats: dict[str, Any] = summarize(s) if s is not None else dict.fromkeys(SPECTRUM_FIELDS)
         bounds = None
         pads = [list(p) for p in spec.pads or ()]
+        norm: float
         if spec.circular:
-            norm = stats["operator_norm"]
+            norm = stats["operator_norm"]  # a circular layer is its own twin: it has a spectrum
         else:
             extra = layer.options["output_padding"]
             lower, upper = operator_norm_bounds(kernel, size, padding=pads, output_padding=extra, **common)

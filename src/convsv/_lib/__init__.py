@@ -422,7 +422,12 @@ def framework_convolution(
             return conv(tf.pad(x, flat_pads), weight, stride=stride, dilation=dilation, groups=groups)
 
         def torch_adjoint(y: Array) -> Array:
-            options = {"stride": stride, "output_padding": extra, "groups": groups, "dilation": dilation}
+            options: dict[str, Any] = {
+                "stride": stride,
+                "output_padding": extra,
+                "groups": groups,
+                "dilation": dilation,
+            }
             if symmetric is not None:
                 return conv_t(y, adjoint_weight, padding=symmetric, **options)
             return conv_t(y, adjoint_weight, **options)[crop]
@@ -454,9 +459,9 @@ def framework_convolution(
         split = lax.reshape(weight, (groups, out // groups, group_in, *weight.shape[2:]))
         swapped = lax.transpose(split, (0, 2, 1, *range(3, ndim + 3)))
         flipped = lax.rev(swapped, tuple(range(3, ndim + 3)))
-        adjoint_weight = lax.reshape(flipped, (groups * group_in, out // groups, *weight.shape[2:]))
+        flipped_weight = lax.reshape(flipped, (groups * group_in, out // groups, *weight.shape[2:]))
         if complex_weight:
-            adjoint_weight = adjoint_weight.conj()
+            flipped_weight = flipped_weight.conj()
         adjoint_pads = [
             (w - 1 - a, n + a - m * s)
             for n, (a, _), m, s, w in zip(input_shape, pads, outputs, stride, spans, strict=True)
@@ -468,7 +473,7 @@ def framework_convolution(
                 y = interleave_zeros(y, axis, s, xp)
             return lax.conv_general_dilated(
                 y,
-                adjoint_weight,
+                flipped_weight,
                 (1,) * ndim,
                 adjoint_pads,
                 rhs_dilation=dilation,
