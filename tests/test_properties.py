@@ -38,7 +38,7 @@ def layers(draw):
 
 def _examples(backend) -> int:
     # JAX compiles afresh for every new shape (about a second each): fewer examples there.
-    return 10 if backend.name.startswith("jax") else int(os.environ.get("CONVSV_EXAMPLES", 60))
+    return 5 if backend.name.startswith("jax") else int(os.environ.get("CONVSV_EXAMPLES", 60))
 
 
 def apply(function, backend, layer):
