@@ -264,7 +264,8 @@ class PaddedLayer:
         d, groups = spec.ndim, spec.groups
         self.input_shape = (groups, spec.group_in, *spec.conv_input)
         self.output_shape = (groups, spec.group_out, *spec.conv_output)
-        weight = xp.permute_dims(kernel, (d + 1, d, *range(d)))  # (out, in / G, *k)
+        # (out, in / G, *k), laid out in memory so: a permuted view made oneDNN reorder it every call.
+        weight = contiguous(xp.permute_dims(kernel, (d + 1, d, *range(d))), xp)
         native = framework_convolution(weight, spec.stride, spec.dilation, groups, spec.pads, spec.conv_input)
         if native is not None:
             self.route = "framework"
@@ -448,6 +449,7 @@ def lanczos_norm(
     real = xp.real(xp.zeros((), dtype=dtype)).dtype
     size = max(2, min(capacity, n_in + 1, n_out + 1))
     breakdown = 64 * xp.finfo(real).eps
+    complex_ = xp.isdtype(dtype, "complex floating")
 
     def forward(v: Array) -> Array:
         return xp.reshape(layer.apply(xp.reshape(v, (1, *layer.input_shape))), (groups, n_out))
@@ -462,7 +464,7 @@ def lanczos_norm(
         v, u, alpha, basis, alphas, betas, scale = state
         floor = breakdown * scale
         w = backward(u) - xp.astype(alpha, dtype)[:, None] * v
-        w = w - xp.sum(xp.conj(v) * w, axis=1)[:, None] * v  # keep the new vector off the last one
+        w = w - xp.sum((xp.conj(v) if complex_ else v) * w, axis=1)[:, None] * v  # off the last vector
         v, beta = _unit(w, norms(w), floor, xp)
         z = forward(v) - xp.astype(beta, dtype)[:, None] * u
         u, alpha = _unit(z, norms(z), floor, xp)
