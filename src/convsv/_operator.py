@@ -204,35 +204,115 @@ def _pad_or_crop(x: Array, axis: int, before: int, after: int, xp: Namespace) ->
     return x
 
 
-def _correlate(
-    x: Array, taps: Array, dilation: Sequence[int], stride: Sequence[int], out: Sequence[int], xp: Namespace
-) -> Array:
-    """``y[r] = sum_p x[r * stride + p * dilation] @ taps[p]``: ``(B, G, c, *P)`` -> ``(B, G, o, *out)``.
+#: Most entries of gathered windows (im2col columns) per matrix product of the composed convolution.
+GATHERED_ENTRIES = 2**22
 
-    One matrix product per tap over every output position at once, the
-    positions gathered by a strided slice (``taps`` is ``(*k, G, c, o)``).
+
+def _tap_chunks(taps: int, entries_per_tap: int) -> list[range]:
+    """Consecutive taps whose gathered windows together hold at most ``GATHERED_ENTRIES`` entries.
+
+    All taps in one product (im2col) where they fit, which matters when the
+    channels are few (a 7x7 RGB layer: products with 3 rows each, one per
+    tap, spend their time writing outputs); fewer, down to one, on large maps.
+    """
+    step = max(1, GATHERED_ENTRIES // max(entries_per_tap, 1))
+    return [range(t, min(t + step, taps)) for t in range(0, taps, step)]
+
+
+def _correlate(
+    x: Array,
+    kernel: Array,
+    kernel_size: Sequence[int],
+    dilation: Sequence[int],
+    stride: Sequence[int],
+    out: Sequence[int],
+    xp: Namespace,
+) -> Array:
+    """``y[r] = sum_p x[r * stride + p * dilation] @ K[p]``: ``(B, G, c, *P)`` -> ``(B, G, o, *out)``.
+
+    ``kernel`` is ``(G, taps * c, o)``, the taps of ``kernel_size`` in C
+    order. The windows of a chunk of taps, gathered by strided slices, are
+    laid side by side and multiplied at once.
     """
     d = len(out)
     batch, groups, channels = x.shape[:3]
     rows = math.prod(out)
     last = xp.permute_dims(x, (0, 1, *range(3, 3 + d), 2))  # channels last: (B, G, *P, c)
+    taps = list(itertools.product(*(range(k) for k in kernel_size)))
     total = None
-    for tap in itertools.product(*(range(k) for k in taps.shape[:d])):
-        window = (
-            slice(None),
-            slice(None),
-            *(
-                slice(p * r, p * r + (m - 1) * s + 1, s)
-                for p, r, m, s in zip(tap, dilation, out, stride, strict=True)
-            ),
-            slice(None),
-        )
-        gathered = xp.reshape(last[window], (batch, groups, rows, channels))
-        this_tap = (*tap, Ellipsis)
-        term = gathered @ taps[this_tap]
+    for chunk in _tap_chunks(len(taps), batch * groups * rows * channels):
+        windows = []
+        for t in chunk:
+            spans = zip(taps[t], dilation, out, stride, strict=True)
+            window = (
+                slice(None),
+                slice(None),
+                *(slice(p * r, p * r + (m - 1) * s + 1, s) for p, r, m, s in spans),
+                slice(None),
+            )
+            windows.append(xp.reshape(last[window], (batch, groups, rows, channels)))
+        gathered = xp.concat(windows, axis=-1) if len(windows) > 1 else windows[0]
+        term = gathered @ kernel[:, chunk.start * channels : chunk.stop * channels, :]
         total = term if total is None else total + term
     assert total is not None
     total = xp.reshape(total, (batch, groups, *out, total.shape[-1]))
+    return xp.permute_dims(total, (0, 1, d + 2, *range(2, d + 2)))
+
+
+def _spread(
+    y: Array,
+    kernel: Array,
+    kernel_size: Sequence[int],
+    dilation: Sequence[int],
+    stride: Sequence[int],
+    before: Sequence[int],
+    out: Sequence[int],
+    xp: Namespace,
+) -> Array:
+    """The adjoint of :func:`_correlate`: ``x[r * stride + p * dilation - before] += y[r] @ K[p]^H``.
+
+    ``(B, G, o, *m)`` -> ``(B, G, i, *out)`` with ``kernel`` ``(G, o, taps * i)``
+    (the conjugated, transposed taps side by side). One matrix product per
+    chunk of taps at the output's own size; each tap's share lands on the
+    positions ``j * stride + phase``: it is shifted on that coarse grid and
+    added to its phase's sum, and the phases are interleaved once at the end.
+    Nothing is spent on the zeros between strided outputs.
+    """
+    d = len(out)
+    batch, groups, channels = y.shape[:3]
+    m = y.shape[3:]
+    width = kernel.shape[-1] // math.prod(kernel_size)  # input channels per group
+    coarse = [-(-n // s) for n, s in zip(out, stride, strict=True)]  # positions per phase
+    last = xp.permute_dims(y, (0, 1, *range(3, 3 + d), 2))  # channels last
+    last = xp.reshape(last, (batch, groups, math.prod(m), channels))
+    taps = list(itertools.product(*(range(k) for k in kernel_size)))
+    sums: dict[tuple[int, ...], Array] = {}
+    for chunk in _tap_chunks(len(taps), batch * groups * math.prod(m) * width):
+        product = last @ kernel[:, :, chunk.start * width : chunk.stop * width]
+        for index, t in enumerate(chunk):
+            part = xp.reshape(product[..., index * width : (index + 1) * width], (batch, groups, *m, width))
+            phase = []
+            for axis, (p, r, s, b, size, c) in enumerate(
+                zip(taps[t], dilation, stride, before, m, coarse, strict=True)
+            ):
+                offset = p * r - b  # output j lands on j * s + offset = (j + shift) * s + phase
+                phase.append(offset % s)
+                shift = (offset - offset % s) // s
+                part = _pad_or_crop(part, axis + 2, shift, c - size - shift, xp)
+            key = tuple(phase)
+            sums[key] = part if key not in sums else sums[key] + part
+    # Interleave the phases, last axis first: position j * s + phase of each axis.
+    for axis in reversed(range(d)):
+        s, n = stride[axis], out[axis]
+        merged: dict[tuple[int, ...], Array] = {}
+        for key in {k[:axis] for k in sums}:
+            some = next(v for k, v in sums.items() if k[:axis] == key)
+            phases = [sums.get((*key, f), xp.zeros_like(some)) for f in range(s)]
+            spread = xp.stack(phases, axis=axis + 3) if s > 1 else xp.expand_dims(phases[0], axis=axis + 3)
+            shape = (*some.shape[: axis + 2], some.shape[axis + 2] * s, *some.shape[axis + 3 :])
+            merged[key] = xp.reshape(spread, shape)[(slice(None),) * (axis + 2) + (slice(0, n), Ellipsis)]
+        sums = merged
+    total = sums[()]
     return xp.permute_dims(total, (0, 1, d + 2, *range(2, d + 2)))
 
 
@@ -276,15 +356,18 @@ class PaddedLayer:
         else:
             self.route = "direct"
             taps = grouped(kernel, spec, xp)  # (*k, G, i, o)
-            self.taps = contiguous(taps, xp)
-            flipped = xp.flip(taps, axis=tuple(range(d))) if d else taps
-            self.adjoint_taps = contiguous(xp.conj(xp.matrix_transpose(flipped)), xp)
+            count = math.prod(spec.kernel_size)
+            # The taps side by side, in C order: (G, taps * i, o), and conjugated, (G, o, taps * i).
+            forward = xp.permute_dims(taps, (d, *range(d), d + 1, d + 2))
+            self.taps = contiguous(xp.reshape(forward, (groups, count * spec.group_in, spec.group_out)), xp)
+            adjoint = xp.conj(xp.permute_dims(taps, (d, d + 2, *range(d), d + 1)))
+            self.adjoint_taps = contiguous(xp.reshape(adjoint, (groups, spec.group_out, -1)), xp)
 
     def _fft_is_cheaper(self) -> bool:
         spec = self.spec
         channels = spec.in_channels * spec.group_out
         taps = math.prod(spec.kernel_size)
-        direct = taps * channels * (math.prod(spec.conv_output) + math.prod(spec.conv_input))
+        direct = 2 * taps * channels * math.prod(spec.conv_output)  # forward and adjoint, each output once
         grid = math.prod(spec.grid)
         fft = FFT_PRODUCT_COST * channels * grid + 5 * (spec.in_channels + spec.out_channels) * grid * max(
             1, math.log2(grid)
@@ -330,7 +413,9 @@ class PaddedLayer:
             after = (g - n - before) if self.route == "fft" else spec.pads[axis][1]
             x = pad_axis(x, axis + 3, before, after, xp)
         if self.route == "direct":
-            return _correlate(x, self.taps, spec.dilation, spec.stride, spec.conv_output, xp)
+            return _correlate(
+                x, self.taps, spec.kernel_size, spec.dilation, spec.stride, spec.conv_output, xp
+            )
         z = self._fft_product(x, self.matrices)
         keep = (..., *(slice(0, m * s, s) for m, s in zip(spec.conv_output, spec.stride, strict=True)))
         return z[keep]
@@ -343,17 +428,13 @@ class PaddedLayer:
         if self.route == "framework":
             flat = xp.reshape(y, (batch, spec.out_channels, *spec.conv_output))
             return xp.reshape(self._adjoint(flat), (batch, *self.input_shape))
+        if self.route == "direct":
+            before = tuple(a for a, _ in spec.pads)
+            sizes = (spec.kernel_size, spec.dilation, spec.stride, before, spec.conv_input)
+            return _spread(y, self.adjoint_taps, *sizes, xp)
         # Each output back at the position it read first (r * stride), zeros between.
         for axis, s in enumerate(spec.stride):
             y = interleave_zeros(y, axis + 3, s, xp)
-        if self.route == "direct":
-            # x[q] = sum_p y_up[q + before - p * dilation] @ K[p]^H: a correlation with the flipped taps.
-            for axis, ((before, _), n, w, m, s) in enumerate(
-                zip(spec.pads, spec.conv_input, spec.dilated_size, spec.conv_output, spec.stride, strict=True)
-            ):
-                y = _pad_or_crop(y, axis + 3, w - 1 - before, n + before - m * s, xp)
-            ones = (1,) * spec.ndim
-            return _correlate(y, self.adjoint_taps, spec.dilation, ones, spec.conv_input, xp)
         for axis, (g, m, s) in enumerate(zip(spec.grid, spec.conv_output, spec.stride, strict=True)):
             y = pad_axis(y, axis + 3, 0, g - m * s, xp)
         x = self._fft_product(y, self.adjoint_matrices)
