@@ -303,3 +303,16 @@ def test_zero_padded_memory_bound_caps_the_basis(rng):
     norm = convsv.operator_norm(kernel, layer.input_shape, tol=1e-9, max_memory=1, **layer.options)
     np.testing.assert_allclose(norm, expected, rtol=1e-9)
     assert math.isfinite(float(norm))
+
+
+def test_an_unreachable_tolerance_stops_at_round_off(rng):
+    # tol=0 cannot be certified: the restarts stop once a cycle no longer halves the residual,
+    # instead of running the whole budget, and the value is still the norm from below.
+    layer = LAYERS[0]
+    kernel = layer.kernel(rng)
+    k, spec, xp, _ = parse(kernel, layer.input_shape, "HWIO", None, **layer.options)
+    ritz = convsv._operator.lanczos_norm(convsv._operator.PaddedLayer(k, spec, xp), tol=0.0, iterations=10**6)
+    expected = np.linalg.svd(layer.dense(kernel), compute_uv=False)[0]
+    assert not bool(np.any(ritz.certified))
+    assert ritz.steps < 10**4
+    np.testing.assert_allclose(float(np.max(ritz.value)), expected, rtol=1e-12)

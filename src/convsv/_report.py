@@ -19,13 +19,9 @@ from typing import Any, TextIO
 
 from ._layout import LAYOUTS, ConvSpec, conv_spec
 from ._models import ConvLayer, Model, ModelError, expand_size
-from ._norms import operator_norm_bounds, singular_values
+from ._norms import operator_norm, singular_values
 
 BACKENDS = ("numpy", "torch", "jax", "cupy")
-
-
-#: What :func:`summarize` reports of a spectrum (``None`` each where there is none).
-SPECTRUM_FIELDS = ("count", "operator_norm", "smallest", "condition_number", "stable_rank", "at_least_one")
 
 
 def summarize(values: Any) -> dict[str, Any]:
@@ -157,14 +153,11 @@ def layer_spec(layer: ConvLayer) -> ConvSpec:
         raise ModelError(msg) from None
 
 
-def has_circular_twin(layer: ConvLayer) -> bool:
-    """Whether the circular layer on the layer's input map exists (its stride divides the map it reads)."""
-    circular = {**layer.options, "padding": "circular", "output_padding": 0}
-    try:
-        conv_spec(tuple(layer.kernel.shape), layer.input_shape, layer.layout, **circular)
-    except ValueError:
-        return False
-    return True
+def twin_shape(spec: ConvSpec) -> tuple[int, ...]:
+    """The input map of the circular layer on a zero-padded layer's padded map (``spec.grid``)."""
+    if spec.transposed:  # the transposed twin reads the forward twin's output
+        return tuple(g // s for g, s in zip(spec.grid, spec.stride, strict=True))
+    return spec.grid
 
 
 class Progress:
@@ -195,7 +188,7 @@ def analyze(
     to_backend: Callable[[Any], Any],
     progress: Progress,
 ) -> tuple[list[dict[str, Any]], list[Any]]:
-    """One report row and the circular layer's singular values (None without one) per layer, in order."""
+    """One report row and the circular twin's singular values per layer, in order."""
     specs = [layer_spec(layer) for layer in model.layers]  # every error before any work
     rows, spectra = [], []
     product = 1.0
@@ -211,21 +204,19 @@ def analyze(
             "groups": spec.groups,
             "transposed": spec.transposed,
         }
-        # The circular layer on the same map: the paper's exact spectrum (not defined where the
-        # stride does not divide a zero-padded layer's map).
-        s = None
-        if has_circular_twin(layer):
-            s = to_numpy(singular_values(kernel, size, padding="circular", **common))
-        stats: dict[str, Any] = summarize(s) if s is not None else dict.fromkeys(SPECTRUM_FIELDS)
+        # The circular layer that contains this one: on its map for circular padding, on the
+        # zero-padded map (a multiple of the stride) for zeros. Its exact spectrum is reported, and
+        # its norm bounds the zero-padded layer's from above.
+        twin_input = spec.layer_input if spec.circular else twin_shape(spec)
+        s = to_numpy(singular_values(kernel, twin_input, padding="circular", **common))
+        stats = summarize(s)
         bounds = None
+        norm = stats["operator_norm"]
         pads = [list(p) for p in spec.pads or ()]
-        norm: float
-        if spec.circular:
-            norm = stats["operator_norm"]  # a circular layer is its own twin: it has a spectrum
-        else:
+        if not spec.circular:
             extra = layer.options["output_padding"]
-            lower, upper = operator_norm_bounds(kernel, size, padding=pads, output_padding=extra, **common)
-            bounds = [float(to_numpy(lower)), float(to_numpy(upper))]
+            lower = operator_norm(kernel, size, padding=pads, output_padding=extra, **common)
+            bounds = [float(to_numpy(lower)), stats["operator_norm"]]
             norm = bounds[0]  # the zero-padded layer's own norm (Lanczos, certified within tol)
         product *= bounds[1] if bounds else norm
         # A singular layer's condition number is infinite, which JSON cannot hold: null ("-" in tables).
@@ -246,7 +237,7 @@ def analyze(
                 "circular_norm": stats["operator_norm"],
                 "norm_bounds": bounds,
                 "smallest_singular_value": stats["smallest"],
-                "condition_number": condition if condition is None or math.isfinite(condition) else None,
+                "condition_number": condition if math.isfinite(condition) else None,
                 "stable_rank": stats["stable_rank"],
                 "singular_values": stats["count"],
                 "singular_values_at_least_one": stats["at_least_one"],
@@ -299,7 +290,7 @@ def format_table(model: Model, rows: list[dict[str, Any]], header: str) -> str:
             _number(r["smallest_singular_value"]),
             _number(r["condition_number"]),
             _number(r["stable_rank"]),
-            "-" if r["singular_values_at_least_one"] is None else str(r["singular_values_at_least_one"]),
+            str(r["singular_values_at_least_one"]),
         ]
         for r in rows
     ]
@@ -316,8 +307,9 @@ def format_table(model: Model, rows: list[dict[str, Any]], header: str) -> str:
         "  1e-5 of a singular value in float32, 1e-6 in float64; circular padding: exact).",
         "bounds: zero-padded layers only, certified [lower, upper]: the layer attains the lower (its norm);",
         "  the circular layer on the zero-padded map bounds it from above.",
-        "circular: exact norm of the layer with circular padding on its map (the paper's setting; '-' where",
-        "  the stride does not divide the map). s_min, cond, stable rank and #s>=1 describe its spectrum.",
+        "circular: exact norm of the circular layer on the map, zero-padded and rounded up to a multiple",
+        "  of the stride for zero padding (the bounds' upper end); s_min, cond, stable rank and #s>=1",
+        "  describe its spectrum, and the plots draw it.",
         f"Product of the layers' norms (upper bounds where zero-padded): {rows[-1]['norm_product']:.6g}",
         "  an upper bound on the Lipschitz constant of these convolutions applied in sequence; it bounds",
         "  the network only where everything between them is 1-Lipschitz and nothing skips a layer.",
@@ -368,9 +360,7 @@ def plot_spectra(rows: list[dict[str, Any]], spectra: list[Any], path: str, titl
     except ImportError:
         msg = "--plot needs matplotlib: pip install 'convsv[cli]'"
         raise ModelError(msg) from None
-    # Layers without a circular twin (a stride that does not divide the map) have no spectrum to draw.
-    drawable = [i for i, s in enumerate(spectra) if s is not None]
-    shown = [i for i in drawable if math.prod(_spatial_size(rows[i])) > 1] or drawable
+    shown = [i for i, r in enumerate(rows) if math.prod(_spatial_size(r)) > 1] or list(range(len(rows)))
     figure = Figure(figsize=(15, 4.6), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 3)

@@ -44,6 +44,7 @@ __all__ = [
     "start_vector",
     "stop_gradient",
     "while_loop",
+    "wider_dtype",
     "working_dtype",
     "zero_d",
 ]
@@ -271,6 +272,22 @@ def working_dtype(xp: Namespace, dtype: Any, device: Any) -> Any:
         return dtype
     msg = f"`kernel` has unsupported dtype {dtype}; expected a real or complex floating or integer dtype"
     raise TypeError(msg)
+
+
+def wider_dtype(dtype: Any, xp: Namespace, device: Any) -> Any:
+    """float64 for float32 (complex128 for complex64) where the namespace has it on ``device``, else None.
+
+    None for dtypes already that wide, and where float64 is missing (JAX
+    without ``jax_enable_x64``, Apple's MPS).
+    """
+    if dtype not in (xp.float32, xp.complex64):
+        return None
+    try:
+        offered = xp.__array_namespace_info__().dtypes(device=device)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    wide = "float64" if dtype == xp.float32 else "complex128"
+    return offered.get(wide)
 
 
 def complex_dtype(xp: Namespace, dtype: Any) -> Any:
