@@ -669,8 +669,9 @@ def padded_values(
     if count is None:
         wide = wider_dtype(unit.dtype, xp, device_of(unit))
         check = None if wide is None else PaddedLayer(xp.astype(unit, wide), spec, xp)
-        options = {"tol": tol, "iterations": iterations, "capacity": capacity, "start": start, "check": check}
-        vectors = lanczos_norm(scaled, **options).vector
+        vectors = lanczos_norm(
+            scaled, tol=tol, iterations=iterations, capacity=capacity, start=start, check=check
+        ).vector
         rows = vectors[None, ...]
     else:
         rows, _ = block_lanczos(scaled, count, tol=tol, iterations=iterations, capacity=capacity)
