@@ -589,7 +589,9 @@ def lanczos_norm(
         vector = (xp.astype(right, dtype)[:, None, :] @ xp.permute_dims(kept, (1, 0, 2)))[:, 0, :]
         vector, _ = _unit(vector, norms(vector), xp.zeros((groups,), dtype=real, device=device), xp)
         value, residual = verify(vector)
-        return Ritz(value, vector, residual <= math.sqrt(2) * tol * value, residual / value, steps)
+        # A layer that is zero (every output in the padding) has value 0 and residual 0: certified.
+        relative = residual / xp.maximum(value, xp.asarray(xp.finfo(real).smallest_normal, dtype=real, device=device))
+        return Ritz(value, vector, residual <= math.sqrt(2) * tol * value, relative, steps)
 
     exact = layer if check is None else check
 

@@ -317,13 +317,13 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
         self.clip_options = _check_clip_options(
             {"method": method, "iterations": iterations, "tol": tol, "min_norm": min_norm, "bound": bound}
         )
+        if min_norm is not None and min_norm > self.max_norm:
+            msg = f"`min_norm` ({min_norm}) must not exceed `max_norm` ({self.max_norm})"
+            raise ValueError(msg)
         if min_norm is not None and bound == "tight" and self.padding != "circular":
             msg = (
                 "`min_norm` with zero padding needs bound='circular' (the tight projection has no lower clip)"
             )
-            raise ValueError(msg)
-        if min_norm is not None and min_norm > self.max_norm:
-            msg = f"`min_norm` ({min_norm}) must not exceed `max_norm` ({self.max_norm})"
             raise ValueError(msg)
 
     # -- the layer, as convsv sees it --------------------------------------------------------------

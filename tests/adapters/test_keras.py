@@ -552,6 +552,7 @@ def test_circular_stride_must_divide_the_map():
         ({"iterations": 0}, "`iterations` must be a positive int"),
         ({"tol": -1.0}, "`tol`"),
         ({"min_norm": 2.0}, "`min_norm` .* must not exceed `max_norm`"),
+        ({"min_norm": 0.5}, "`min_norm` with zero padding needs bound='circular'"),
     ],
 )
 def test_constraint_arguments_are_checked_at_construction(kwargs, match):

@@ -126,7 +126,7 @@ def _model() -> nn.Sequential:
 SHAPES = {"0": (8, 8), "2": (8, 8), "4": (4, 4)}
 
 
-def _norms(net: nn.Module, shapes, circular_bound: bool = False) -> dict[str, float]:
+def _norms(net: nn.Module, shapes) -> dict[str, float]:
     """Each conv's exact norm, recomputed by the core from the weights (zero padding: the layer's own)."""
     norms = {}
     for name, layer in conv_layers(net):
@@ -154,25 +154,13 @@ def test_in_place_projection_keeps_the_parameters(dtype):
     for r in report:
         layer = dict(conv_layers(net))[r.name]
         options = layer_options(layer, SHAPES[r.name])
-        # The report's norms are the circular-on-the-padded-map norms the projection controls.
-        circular = {**options, "padding": "circular"}
-        padded = convsv.operator_norm(before[r.name].double(), _padded_map(r.name, layer), **circular)
-        assert float(r.norm_before) == pytest.approx(float(padded), rel=1e-5)
+        # The report's norms are each layer's own (the tight projection's; zero padding included).
+        own = convsv.operator_norm(before[r.name].double(), SHAPES[r.name], tol=1e-8, **options)
+        assert float(r.norm_before) == pytest.approx(float(own), rel=2e-5)
         assert float(r.norm_after) <= BOUND
         assert float(r.norm_before) > 2
     assert all(norm <= BOUND for norm in _norms(net, SHAPES).values())
     assert all(not torch.equal(before[n], layer.weight) for n, layer in conv_layers(net))
-
-
-def _padded_map(name: str, layer: nn.Module) -> tuple[int, ...]:
-    """The map the zero-padded layer's circular bound lives on: the input plus its zero padding."""
-    if layer.padding_mode == "circular":
-        return SHAPES[name]
-    if layer.transposed:  # the adjoint's padded map is the full transposed output
-        return tuple(
-            (n - 1) * s + k for n, s, k in zip(SHAPES[name], layer.stride, layer.kernel_size, strict=True)
-        )
-    return tuple(n + 2 * p for n, p in zip(SHAPES[name], layer.padding, strict=True))
 
 
 def test_projection_under_no_grad_and_from_an_example_input():
