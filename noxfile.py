@@ -1,23 +1,27 @@
 """Test, lint, type-check and documentation sessions.
 
-``nox`` runs the default sessions, each in one environment: the core test
-suite on every CPU array backend (numpy, array_api_strict, torch, jax) in one
-run (``core``), the command line on every model format with the experiments'
-and the benchmarks' quick runs (``scripts``), the training adapters
-(``adapters-torch``: PyTorch and Keras on PyTorch; ``adapters-jax``: Keras on
-JAX and optax; ``adapters-tensorflow``: Keras on TensorFlow), ``lint``,
-``typecheck`` and ``docs``. ``nox -s "tests(backend='torch')"`` runs the core
-suite on one backend. ``nox -t gpu`` runs the GPU session in the current
-interpreter (for machines with CUDA, torch/jax/cupy preinstalled and no
-package index). ``nox -s bench`` runs the benchmarks (not a default session;
-``nox -s bench -- --quick`` for a smoke run).
+``nox`` runs the default sessions: ``tests`` (in one environment, the core
+test suite on every CPU array backend -- numpy, array_api_strict, torch,
+jax -- then the training adapters on PyTorch and JAX, then the command line
+on every model format with the experiments' and the benchmarks' quick runs),
+``adapters-tensorflow`` (Keras on TensorFlow, which gets its own
+environment), ``lint`` and ``docs`` (the type check, then the pages built
+and their examples run). The parts of ``tests`` are sessions of their own
+for development, not run by default: ``core``, ``backend(name='torch')``
+(the core suite on one backend), ``adapters-torch``, ``adapters-jax``,
+``scripts``; so is ``typecheck``. ``nox -t gpu`` runs the GPU session in
+the current interpreter (for machines with CUDA, torch/jax/cupy preinstalled
+and no package index). ``nox -s bench`` runs the benchmarks (``nox -s bench
+-- --quick`` for a smoke run).
 
 Sessions share environments where their packages agree, because on a
-two-core CI machine installing PyTorch and JAX once per session cost minutes.
+two-core CI machine installing PyTorch and JAX took a minute or more per
+environment.
 """
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import nox
@@ -45,30 +49,12 @@ TEST_ENV = {"CONVSV_REQUIRE_BACKENDS": "1", "HYPOTHESIS_PROFILE": "ci", **THREAD
 CORE_TESTS = ["--ignore=tests/adapters", "--ignore=tests/experiments"]
 
 
-@nox.session
-def core(session: nox.Session) -> None:
-    """The core test suite on every CPU backend, in one run (two workers share the work)."""
-    session.install(TORCH, "jax", "-e", ".[test]")
-    session.run(
-        "pytest",
-        "-n",
-        "2",
-        *CORE_TESTS,
-        *session.posargs,
-        env={**TEST_ENV, "CONVSV_BACKENDS": ",".join(BACKENDS)},
-    )
-
-
-@nox.session(default=False)
-@nox.parametrize("backend", list(BACKENDS))
-def tests(session: nox.Session, backend: str) -> None:
-    """The core test suite on one CPU backend (the tests of the others are deselected)."""
-    session.install(*BACKENDS[backend], "-e", ".[test]")
-    env = {**TEST_ENV, "CONVSV_BACKENDS": backend}
+def _core(session: nox.Session, backends: list[str]) -> None:
+    env = {**TEST_ENV, "CONVSV_BACKENDS": ",".join(backends)}
     session.run("pytest", "-n", "2", *CORE_TESTS, *session.posargs, env=env)
 
 
-# The adapter sessions: the frameworks each installs, and per test run its environment and module.
+# The adapter runs: the frameworks each needs, and per test run its environment and module.
 ADAPTERS = {
     "torch": (
         [TORCH, "keras>=3.5"],
@@ -82,28 +68,17 @@ ADAPTERS = {
 }
 
 
-def _adapter_session(name: str) -> None:
-    packages, runs = ADAPTERS[name]
-
-    @nox.session(name=f"adapters-{name}")
-    def session(session: nox.Session) -> None:
-        session.install(*packages, "scikit-learn", "-e", ".[test]")
-        for env, module in runs:
-            session.run(
-                "pytest",
-                "-n",
-                "2",
-                f"tests/adapters/test_{module}.py",
-                f"src/convsv/{module}.py",
-                *session.posargs,
-                env={**TEST_ENV, **env, "CONVSV_REQUIRE_ADAPTERS": "1"},
-            )
-
-    session.__doc__ = f"The tests and doctests of the training adapters that run on {name}."
-
-
-for _name in ADAPTERS:
-    _adapter_session(_name)
+def _adapters(session: nox.Session, name: str, runs: list[tuple[dict[str, str], str]] | None = None) -> None:
+    for env, module in ADAPTERS[name][1] if runs is None else runs:
+        session.run(
+            "pytest",
+            "-n",
+            "2",
+            f"tests/adapters/test_{module}.py",
+            f"src/convsv/{module}.py",
+            *session.posargs,
+            env={**TEST_ENV, **env, "CONVSV_REQUIRE_ADAPTERS": "1"},
+        )
 
 
 # `convsv analyze` reads every model format: the frameworks that write them are installed to make
@@ -119,12 +94,73 @@ SCRIPTS = [
 ]
 
 
+def _scripts(session: nox.Session) -> None:
+    env = {**TEST_ENV, "CONVSV_BACKENDS": "numpy", "CONVSV_REQUIRE_FORMATS": "1", "KERAS_BACKEND": "jax"}
+    session.run("pytest", "-n", "2", *SCRIPTS, *session.posargs, env=env)
+
+
+# Keras and optax each need a process of their own (the Keras backend is chosen at import); the
+# PyTorch adapter and the scripts run with the core suite, in one run that two workers share.
+OWN_PROCESS = [
+    "tests/adapters/test_keras.py",
+    "src/convsv/keras.py",
+    "tests/adapters/test_optax.py",
+    "src/convsv/optax.py",
+]
+
+
 @nox.session
+def tests(session: nox.Session) -> None:
+    """The core suite on every CPU backend, the adapters on PyTorch and JAX, the command line and scripts."""
+    packages = {*FORMATS, *ADAPTERS["torch"][0], *ADAPTERS["jax"][0]}
+    session.install(*sorted(packages), "-e", ".[test]")
+    env = {
+        **TEST_ENV,
+        "CONVSV_BACKENDS": ",".join(BACKENDS),
+        "CONVSV_REQUIRE_ADAPTERS": "1",
+        "CONVSV_REQUIRE_FORMATS": "1",
+        "KERAS_BACKEND": "jax",  # the Keras models the command line's tests write
+    }
+    ignored = [f"--ignore={path}" for path in OWN_PROCESS]
+    paths = ["tests", "src/convsv", "benchmarks/test_quick_run.py"]  # SCRIPTS are under tests/ but one
+    session.run("pytest", "-n", "2", *ignored, *paths, *session.posargs, env=env)
+    for framework, runs in (("torch", ADAPTERS["torch"][1][1:]), ("jax", ADAPTERS["jax"][1])):
+        _adapters(session, framework, runs)
+
+
+@nox.session(default=False)
+def core(session: nox.Session) -> None:
+    """The core test suite on every CPU backend, in one run (two workers share the work)."""
+    session.install(TORCH, "jax", "-e", ".[test]")
+    _core(session, list(BACKENDS))
+
+
+@nox.session(default=False)
+@nox.parametrize("name", list(BACKENDS))
+def backend(session: nox.Session, name: str) -> None:
+    """The core test suite on one CPU backend (the tests of the others are deselected)."""
+    session.install(*BACKENDS[name], "-e", ".[test]")
+    _core(session, [name])
+
+
+def _adapter_session(name: str) -> None:
+    @nox.session(name=f"adapters-{name}", default=name == "tensorflow")
+    def session(session: nox.Session) -> None:
+        session.install(*ADAPTERS[name][0], "scikit-learn", "-e", ".[test]")
+        _adapters(session, name)
+
+    session.__doc__ = f"The tests and doctests of the training adapters that run on {name}."
+
+
+for _name in ADAPTERS:
+    _adapter_session(_name)
+
+
+@nox.session(default=False)
 def scripts(session: nox.Session) -> None:
     """The command line on every model format, the experiments' and the benchmarks' ``--quick`` runs."""
     session.install(*FORMATS, "-e", ".[test]")
-    env = {**TEST_ENV, "CONVSV_BACKENDS": "numpy", "CONVSV_REQUIRE_FORMATS": "1", "KERAS_BACKEND": "jax"}
-    session.run("pytest", "-n", "2", *SCRIPTS, *session.posargs, env=env)
+    _scripts(session)
 
 
 @nox.session(venv_backend="none", default=False, tags=["gpu"])
@@ -154,23 +190,36 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
-@nox.session
+# The type check sees the frameworks the adapters import (their real types).
+TYPED_FRAMEWORKS = [TORCH, "jax", "flax>=0.10", "equinox>=0.11"]
+
+
+@nox.session(default=False)
 def typecheck(session: nox.Session) -> None:
-    """Mypy, strict, on the package, with the frameworks the adapters import (their real types)."""
-    session.install(TORCH, "jax", "flax>=0.10", "equinox>=0.11", "-e", ".[typecheck,keras,optax]")
+    """Mypy, strict, on the package."""
+    session.install(*TYPED_FRAMEWORKS, "-e", ".[typecheck,keras,optax]")
     session.run("mypy")
 
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the documentation with warnings as errors, and run every example in it and in the README."""
+    """Mypy; the documentation built with warnings as errors; every example in it and the README run."""
     # The API pages import the adapters, so their frameworks are installed too (Keras on JAX);
-    # onnx reads the model.onnx of the command line examples.
-    session.install(TORCH, "jax", "keras>=3.5", "optax>=0.2.3", "flax>=0.10", "equinox>=0.11", "onnx>=1.14")
-    session.install("-e", ".[docs,test]")
+    # onnx reads the model.onnx of the command line examples. The type check's packages are a
+    # subset, so it runs here rather than in an environment of its own.
+    frameworks = [*TYPED_FRAMEWORKS, "keras>=3.5", "optax>=0.2.3", "onnx>=1.14"]
+    session.install(*frameworks, "-e", ".[docs,test,typecheck,keras,optax]")
+    # Mypy and Sphinx each use one core: on two, the type check runs beside the build.
+    typecheck = subprocess.Popen(
+        [str(Path(session.bin) / "mypy")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     # CONVSV_REQUIRE_FORMATS: a command line example whose package is missing fails instead of skipping.
     env = {**TEST_ENV, "KERAS_BACKEND": "jax", "CONVSV_REQUIRE_FORMATS": "1"}
     session.run("sphinx-build", "-W", "--keep-going", "-n", "-b", "html", "docs", "docs/_build/html", env=env)
+    report, _ = typecheck.communicate()
+    session.log(f"mypy:\n{report}")
+    if typecheck.returncode:
+        session.error("mypy failed")
     # Every page's doctests (subfolders included), and the console examples and the rule that
     # every Python block is a doctest (tests/test_docs_examples.py).
     pages = sorted(str(page) for page in Path("docs").rglob("*.md") if "_build" not in page.parts)

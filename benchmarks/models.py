@@ -47,6 +47,11 @@ def resnet50_convs() -> list[ConvShape]:
     return convs
 
 
+def cifar_resnet(depth: int, num_classes: int = 10):
+    """CIFAR ResNet of ``depth`` layers (``depth - 1`` convolutions), as :func:`resnet32` describes."""
+    return _clipping().cifar_resnet(depth, num_classes=num_classes)
+
+
 def resnet32(num_classes: int = 10):
     """CIFAR ResNet-32 (He et al. 2016, section 4.2): 31 convolutions, batch norm, 0.46 M parameters.
 
@@ -55,7 +60,7 @@ def resnet32(num_classes: int = 10):
     stages of five basic blocks with 16, 32 and 64 channels on 32x32, 16x16 and 8x8 maps,
     and option-A shortcuts (no convolution), so every convolution is one of the 31 3x3 layers.
     """
-    return _clipping().cifar_resnet(32, num_classes=num_classes)
+    return cifar_resnet(32, num_classes=num_classes)
 
 
 def conv_input_shapes(model, example):

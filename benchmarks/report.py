@@ -222,7 +222,8 @@ def resnet32_section(r: dict) -> list[str]:
     lines = [
         "## resnet32: clipping every 100 steps",
         "",
-        f"CIFAR ResNet-32, {r['conv_layers']} convolutions, {r['parameters']:,} parameters; one training "
+        f"CIFAR ResNet-{r.get('depth', 32)}, {r['conv_layers']} convolutions, "
+        f"{r['parameters']:,} parameters; one training "
         f"step (forward, backward, SGD) at batch {r['batch']}: {ms(r['train_step'])} ms. Fraction = one "
         f"`clip_operator_norm_` of the model / (100 x step) (target <= {TARGETS['clip_fraction']:.0%}).",
         "",

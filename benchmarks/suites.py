@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from models import conv_input_shapes, resnet32
+from models import cifar_resnet, conv_input_shapes
 
 import convsv
 import convsv.torch
@@ -368,8 +368,9 @@ def zero_padded_norms(model: torch.nn.Module, shapes: dict) -> dict[str, float]:
 def resnet32_suite(timer: Timer, device: str, quick: bool) -> dict:
     """Clipping every convolution of a CIFAR ResNet-32 every 100 steps, as a fraction of training time."""
     torch.manual_seed(0)
-    batch = 128
-    model = resnet32().to(device)
+    # --quick: ResNet-8 (7 convolutions) at batch 16, a smoke run of the same code.
+    depth, batch = (8, 16) if quick else (32, 128)
+    model = cifar_resnet(depth).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
@@ -389,6 +390,7 @@ def resnet32_suite(timer: Timer, device: str, quick: bool) -> dict:
         model.load_state_dict(weights)
 
     out: dict[str, Any] = {
+        "depth": depth,
         "batch": batch,
         "conv_layers": len(shapes),
         "parameters": sum(p.numel() for p in model.parameters()),
