@@ -590,7 +590,8 @@ def lanczos_norm(
         vector, _ = _unit(vector, norms(vector), xp.zeros((groups,), dtype=real, device=device), xp)
         value, residual = verify(vector)
         # A layer that is zero (every output in the padding) has value 0 and residual 0: certified.
-        relative = residual / xp.maximum(value, xp.asarray(xp.finfo(real).smallest_normal, dtype=real, device=device))
+        tiny = xp.asarray(xp.finfo(real).smallest_normal, dtype=real, device=device)
+        relative = residual / xp.maximum(value, tiny)
         return Ritz(value, vector, residual <= math.sqrt(2) * tol * value, relative, steps)
 
     exact = layer if check is None else check
