@@ -125,6 +125,22 @@ def _check_bounds(max_norm: object, min_norm: object) -> tuple[float, float | No
     return upper, lower
 
 
+def _check_bound_choice(bound: object) -> None:
+    if bound not in BOUNDS:
+        msg = f"`bound` must be one of {BOUNDS}, got {bound!r}"
+        raise ValueError(msg)
+
+
+def _check_lower_clip(min_norm: object, bound: object, circular: bool) -> None:
+    """``min_norm`` needs the circular projection where the layer pads with zeros."""
+    if min_norm is not None and bound == "tight" and not circular:
+        msg = (
+            "`min_norm` with zero padding needs bound='circular' (it clips the circular layer on "
+            "the padded map); the tight projection holds the zero-padded layer's largest value only"
+        )
+        raise ValueError(msg)
+
+
 def _check_schedule(method: object, iterations: object, tol: object) -> None:
     if method not in METHODS:
         msg = f"`method` must be one of {METHODS}, got {method!r}"
@@ -612,17 +628,10 @@ def clip_operator_norm(
         )
         raise ValueError(msg)
     check_chunking(chunk_size, max_memory)
-    if bound not in BOUNDS:
-        msg = f"`bound` must be one of {BOUNDS}, got {bound!r}"
-        raise ValueError(msg)
+    _check_bound_choice(bound)
+    _check_lower_clip(min_norm, bound, spec.circular)
     chunks = (chunk_size, max_memory)
     if not spec.circular and bound == "tight":
-        if min_norm is not None:
-            msg = (
-                "`min_norm` with zero padding needs bound='circular' (it clips the circular layer on "
-                "the padded map); the tight projection holds the zero-padded layer's largest value only"
-            )
-            raise ValueError(msg)
         norm_options = padded_norm_options(k, spec, xp, None, 640, max_memory)
 
         def project(x: Array, level: Array) -> tuple[Array, Array, Array]:

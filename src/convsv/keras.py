@@ -32,7 +32,15 @@ import numpy as np
 
 from ._layout import conv_spec
 from ._norms import operator_norm
-from ._projection import BOUNDS, ClipInfo, _check_schedule, clip_operator_norm, positive_bound
+from ._projection import (
+    ClipInfo,
+    _check_bound_choice,
+    _check_bounds,
+    _check_lower_clip,
+    _check_schedule,
+    clip_operator_norm,
+    positive_bound,
+)
 
 __all__ = [
     "LayerReport",
@@ -62,9 +70,7 @@ def _check_clip_options(options: Mapping[str, Any]) -> dict[str, Any]:
         "bound": "tight",
         **options,
     }
-    if merged["bound"] not in BOUNDS:
-        msg = f"`bound` must be one of {BOUNDS}, got {merged['bound']!r}"
-        raise ValueError(msg)
+    _check_bound_choice(merged["bound"])
     _check_schedule(merged["method"], merged["iterations"], merged["tol"])
     min_norm = merged["min_norm"]
     if min_norm is not None and (
@@ -317,14 +323,8 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
         self.clip_options = _check_clip_options(
             {"method": method, "iterations": iterations, "tol": tol, "min_norm": min_norm, "bound": bound}
         )
-        if min_norm is not None and min_norm > self.max_norm:
-            msg = f"`min_norm` ({min_norm}) must not exceed `max_norm` ({self.max_norm})"
-            raise ValueError(msg)
-        if min_norm is not None and bound == "tight" and self.padding != "circular":
-            msg = (
-                "`min_norm` with zero padding needs bound='circular' (the tight projection has no lower clip)"
-            )
-            raise ValueError(msg)
+        _check_bounds(self.max_norm, min_norm)
+        _check_lower_clip(min_norm, bound, self.padding == "circular")
 
     # -- the layer, as convsv sees it --------------------------------------------------------------
 
