@@ -68,8 +68,8 @@ ADAPTERS = {
 }
 
 
-def _adapters(session: nox.Session, name: str, runs: list[tuple[dict[str, str], str]] | None = None) -> None:
-    for env, module in ADAPTERS[name][1] if runs is None else runs:
+def _adapter_runs(session: nox.Session, runs: list[tuple[dict[str, str], str]]) -> None:
+    for env, module in runs:
         session.run(
             "pytest",
             "-n",
@@ -99,14 +99,10 @@ def _scripts(session: nox.Session) -> None:
     session.run("pytest", "-n", "2", *SCRIPTS, *session.posargs, env=env)
 
 
-# Keras and optax each need a process of their own (the Keras backend is chosen at import); the
-# PyTorch adapter and the scripts run with the core suite, in one run that two workers share.
-OWN_PROCESS = [
-    "tests/adapters/test_keras.py",
-    "src/convsv/keras.py",
-    "tests/adapters/test_optax.py",
-    "src/convsv/optax.py",
-]
+# The adapter runs with an environment of their own (Keras picks its backend at import, optax its
+# PRNG) need a process each; the PyTorch adapter and the scripts run with the core suite, in one
+# run that two workers share.
+OWN_PROCESS = [(env, module) for name in ("torch", "jax") for env, module in ADAPTERS[name][1] if env]
 
 
 @nox.session
@@ -121,11 +117,13 @@ def tests(session: nox.Session) -> None:
         "CONVSV_REQUIRE_FORMATS": "1",
         "KERAS_BACKEND": "jax",  # the Keras models the command line's tests write
     }
-    ignored = [f"--ignore={path}" for path in OWN_PROCESS]
+    modules = sorted({module for _, module in OWN_PROCESS})
+    ignored = [
+        f"--ignore={path}" for m in modules for path in (f"tests/adapters/test_{m}.py", f"src/convsv/{m}.py")
+    ]
     paths = ["tests", "src/convsv", "benchmarks/test_quick_run.py"]  # SCRIPTS are under tests/ but one
     session.run("pytest", "-n", "2", *ignored, *paths, *session.posargs, env=env)
-    for framework, runs in (("torch", ADAPTERS["torch"][1][1:]), ("jax", ADAPTERS["jax"][1])):
-        _adapters(session, framework, runs)
+    _adapter_runs(session, OWN_PROCESS)
 
 
 @nox.session(default=False)
@@ -147,7 +145,7 @@ def _adapter_session(name: str) -> None:
     @nox.session(name=f"adapters-{name}", default=name == "tensorflow")
     def session(session: nox.Session) -> None:
         session.install(*ADAPTERS[name][0], "scikit-learn", "-e", ".[test]")
-        _adapters(session, name)
+        _adapter_runs(session, ADAPTERS[name][1])
 
     session.__doc__ = f"The tests and doctests of the training adapters that run on {name}."
 
