@@ -27,6 +27,8 @@ def test_quick_run_writes_every_suite(tmp_path):
         assert abs(row["convsv_torch_rel_error"]) < 2e-5, row
         assert abs(row["convsv_numpy_rel_error"]) < 2e-5, row
         assert row["circular_bound_over_norm"] >= 1 - 1e-6, row
+        assert row["convsv_convolutions"] >= 4, row
+        assert row["fewest_lanczos_steps"] >= 1, row
     assert suites["layers"]
     assert suites["sweep"]
     for row in suites["sweep"]:
