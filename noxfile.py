@@ -12,7 +12,8 @@ for development, not run by default: ``core``, ``backend(name='torch')``
 ``scripts``; so is ``typecheck``. ``nox -t gpu`` runs the GPU session in
 the current interpreter (for machines with CUDA, torch/jax/cupy preinstalled
 and no package index). ``nox -s bench`` runs the benchmarks (``nox -s bench
--- --quick`` for a smoke run).
+-- --quick`` for a smoke run); ``nox -s fuzz`` the random campaign against
+dense ground truth at full size (docs/accuracy.md; ``tests`` runs it small).
 
 Sessions share environments where their packages agree, because on a
 two-core CI machine installing PyTorch and JAX took a minute or more per
@@ -178,6 +179,24 @@ def bench(session: nox.Session) -> None:
     """The benchmarks (benchmarks/README.md); arguments after ``--`` go to benchmarks/run.py."""
     session.install(TORCH, "numpy", "matplotlib", "threadpoolctl", "-e", ".")
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+# The random campaign's full run: 10,000 configurations on NumPy and PyTorch, a tenth of that on
+# array_api_strict and JAX (tests/fuzz/test_campaign.py); the summary is the table docs/accuracy.md shows.
+FUZZ_EXAMPLES = "10000"
+FUZZ_SUMMARY = "docs/accuracy-results.json"
+
+
+@nox.session(default=False)
+def fuzz(session: nox.Session) -> None:
+    """The random campaign on every CPU backend; writes docs/accuracy-results.{json,md}.
+
+    Arguments after ``--`` go to pytest, e.g. ``nox -s fuzz -- --examples 1000`` for a shorter run.
+    """
+    session.install(TORCH, "jax", "-e", ".[test]")
+    env = {**TEST_ENV, "CONVSV_BACKENDS": ",".join(BACKENDS)}
+    args = ["--examples", FUZZ_EXAMPLES, "--fuzz-summary", FUZZ_SUMMARY, "-p", "no:cacheprovider"]
+    session.run("pytest", "-n", "2", "tests/fuzz", *args, *session.posargs, env=env)
 
 
 @nox.session

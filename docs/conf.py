@@ -16,7 +16,7 @@ extensions = [
     "matplotlib.sphinxext.plot_directive",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
-exclude_patterns = ["_build", "benchmark-results.md"]  # included by performance.md
+exclude_patterns = ["_build", "benchmark-results.md", "accuracy-results.md"]  # included by their pages
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence"]
 myst_heading_anchors = 3
 

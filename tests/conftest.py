@@ -195,8 +195,29 @@ hypothesis.settings.register_profile("ci", derandomize=True, database=None, prin
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """The random campaign's options (tests/fuzz, docs/accuracy.md); here, so ``pytest tests`` has them."""
+    group = parser.getgroup("convsv fuzz campaign (tests/fuzz)")
+    group.addoption(
+        "--examples",
+        type=int,
+        default=int(os.environ.get("CONVSV_FUZZ_EXAMPLES", "40")),
+        help="configurations per backend on NumPy and PyTorch, a tenth on array_api_strict and JAX "
+        "(default $CONVSV_FUZZ_EXAMPLES or 40)",
+    )
+    group.addoption("--fuzz-seed", type=int, default=20190101, help="the campaign's seed (default 20190101)")
+    group.addoption(
+        "--fuzz-summary",
+        default=os.environ.get("CONVSV_FUZZ_SUMMARY"),
+        help="write the campaign's counts and worst errors to this JSON file and a .md beside it",
+    )
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Print what tests recorded with ``record_property("summary", line)`` (works under xdist)."""
+    from fuzz.summary import report as fuzz_report
+
+    fuzz_report(terminalreporter)  # the random campaign's table, if it ran
     lines = [
         value
         for report in terminalreporter.stats.get("passed", [])

@@ -156,18 +156,18 @@ def test_threads_over_the_batch_change_nothing(monkeypatch, rng):
 
 
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("options", "error", "message"),
     [
-        ({"method": "lanczos"}, "`method` must be one of"),
-        ({"chunk_size": 0}, "`chunk_size` must be None or a positive int"),
-        ({"max_memory": 1.5}, "`max_memory` must be None or a positive int"),
-        ({"max_memory": True}, "`max_memory` must be None or a positive int"),
-        ({"method": "gram", "tol": 2.0}, "`tol` must be a number in"),
-        ({"method": "power", "iterations": 0}, "`iterations` must be a positive int"),
+        ({"method": "lanczos"}, ValueError, "`method` must be one of"),
+        ({"chunk_size": 0}, ValueError, "`chunk_size` must be None or a positive int"),
+        ({"max_memory": 1.5}, TypeError, "`max_memory` must be None or a positive int"),
+        ({"max_memory": True}, TypeError, "`max_memory` must be None or a positive int"),
+        ({"method": "gram", "tol": 2.0}, ValueError, "`tol` must be a number in"),
+        ({"method": "power", "iterations": 0}, ValueError, "`iterations` must be a positive int"),
     ],
 )
-def test_bad_fast_path_options_are_named(options, message):
-    with pytest.raises(ValueError, match=message):
+def test_bad_fast_path_options_are_named(options, error, message):
+    with pytest.raises(error, match=message):
         convsv.operator_norm(np.ones((3, 3, 2, 2)), 6, **options)
 
 
@@ -177,5 +177,5 @@ def test_bad_chunk_options_are_named_everywhere():
         convsv.singular_values(kernel, 6, chunk_size=-1)
     with pytest.raises(ValueError, match="`max_memory`"):
         convsv.clip_operator_norm(kernel, 6, 1.0, max_memory=0)
-    with pytest.raises(ValueError, match="`chunk_size`"):
+    with pytest.raises(TypeError, match="`chunk_size`"):
         convsv.clip_singular_values(kernel, 6, 1.0, chunk_size="8")

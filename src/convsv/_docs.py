@@ -33,7 +33,8 @@ LAYER_PARAMETERS = """\
         one ``(before, after)`` pair per axis.
     output_padding : int or sequence of int, optional
         Extra size on one side of a zero-padded transposed layer's output, as
-        PyTorch's ``output_padding`` (default 0).
+        PyTorch's ``output_padding`` (default 0), with PyTorch's rule: smaller
+        than the stride or the dilation on every axis.
 """
 
 
@@ -47,8 +48,16 @@ MEMORY_PARAMETERS = """\
         flight may take (with the decomposition's copies), again in whole
         rows of the first spatial axis. Zero padding: how many bytes the
         Lanczos vectors may take (at least 16 are kept; fewer vectors mean
-        more restarts). Default ``2**30`` (1 GiB); ``None`` for no limit.
-        Results do not depend on either option beyond round-off and ``tol``.
+        more restarts), and the per-frequency matrices of the FFT route
+        (where they do not fit, the layer is applied tap by tap). Default
+        ``2**30`` (1 GiB); ``None`` for no limit. Results do not depend on
+        either option beyond round-off and ``tol``. What no chunking shrinks
+        -- the spectrum :func:`singular_values` returns, one row of frequency
+        matrices, 16 Lanczos vectors (``k + 16`` for the ``k`` largest) with
+        the padded maps -- is refused with a ``ValueError`` above
+        ``max(max_memory, 2**34)`` bytes (16 GiB) rather than exhaust memory:
+        a smaller ``max_memory`` makes chunks smaller, a larger one raises
+        that limit, ``None`` lifts it.
 """
 
 

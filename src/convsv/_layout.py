@@ -12,12 +12,14 @@ with input and output swapped.
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from . import _checks
 from ._lib import Array, Namespace, device_of, namespace_of, working_dtype
+from ._limits import check_grid
 
 # layout -> (number of spatial axes, channels last?)
 LAYOUTS: dict[str, tuple[int, bool]] = {
@@ -123,39 +125,12 @@ class ConvSpec:
         )
 
 
-def _size(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool):
-        msg = f"`{name}` must contain integers, got a bool"
-        raise TypeError(msg)
-    try:
-        size = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        msg = f"`{name}` must contain integers, got {type(value).__name__}"
-        raise TypeError(msg) from None
-    if size < minimum:
-        kind = "positive" if minimum == 1 else "non-negative"
-        msg = f"`{name}` must contain {kind} sizes, got {size}"
-        raise ValueError(msg)
-    return size
-
-
 def normalize_shape(value: object, ndim: int, name: str, minimum: int = 1) -> tuple[int, ...]:
     """A bare int or one int per spatial axis -> a tuple of ``ndim`` ints ``>= minimum``.
 
-    Any iterable of integers works (a tuple, ``torch.Size``, a NumPy array).
+    Any ordered iterable of integers works (a tuple, ``torch.Size``, a NumPy array); not a set.
     """
-    if isinstance(value, (str, bytes)):
-        msg = f"`{name}` must be an int or a sequence of ints, got {type(value).__name__}"
-        raise TypeError(msg)
-    try:
-        items: tuple[object, ...] = tuple(value)  # type: ignore[arg-type]
-    except TypeError:  # not iterable: one size for every axis
-        items = (value,) * ndim
-    sizes = tuple(_size(v, name, minimum) for v in items)
-    if len(sizes) != ndim:
-        msg = f"`{name}` has {len(sizes)} entries but the kernel has {ndim} spatial axes"
-        raise ValueError(msg)
-    return sizes
+    return _checks.shape(value, name, ndim, minimum)
 
 
 def _same_pads(n: int, k: int, s: int) -> tuple[int, int]:
@@ -165,21 +140,31 @@ def _same_pads(n: int, k: int, s: int) -> tuple[int, int]:
 
 
 def _explicit_pads(padding: object, ndim: int) -> Pads:
-    """An int, one int per axis, or one ``(before, after)`` pair per axis."""
-    if isinstance(padding, Sequence) and not isinstance(padding, str):
-        if len(padding) != ndim:
-            msg = f"`padding` has {len(padding)} entries but the kernel has {ndim} spatial axes"
-            raise ValueError(msg)
-        pads = []
-        for entry in padding:
-            if isinstance(entry, Sequence):
-                pads.append(normalize_shape(entry, 2, "padding", minimum=0))
-            else:
-                p = _size(entry, "padding", minimum=0)
-                pads.append((p, p))
-        return tuple((a, b) for a, b in pads)
-    p = _size(padding, "padding", minimum=0)
-    return ((p, p),) * ndim
+    """An int, one int per axis, or one ``(before, after)`` pair per axis (tuples, lists or arrays)."""
+    if _checks.is_scalar_int(padding):
+        p = _checks.size(padding, "padding", minimum=0)
+        return ((p, p),) * ndim
+    expected = "'circular', 'same', 'valid', an int or per-axis ints"
+    if padding is None or isinstance(padding, (AbstractSet, Mapping)):
+        msg = f"`padding` must be {expected}, got {type(padding).__name__}"
+        raise TypeError(msg)
+    try:
+        entries: tuple[Any, ...] = tuple(padding)  # type: ignore[arg-type]
+    except TypeError:
+        msg = f"`padding` must be {expected}, got {type(padding).__name__}"
+        raise TypeError(msg) from None
+    if len(entries) != ndim:
+        msg = f"`padding` has {len(entries)} entries but the kernel has {ndim} spatial axes"
+        raise ValueError(msg)
+    pads = []
+    for entry in entries:
+        if _checks.is_scalar_int(entry):
+            p = _checks.size(entry, "padding", minimum=0)
+            pads.append((p, p))
+        else:
+            a, b = _checks.shape(entry, "padding", 2, minimum=0)
+            pads.append((a, b))
+    return tuple(pads)
 
 
 def conv_spec(
@@ -219,7 +204,7 @@ def conv_spec(
     if not isinstance(transposed, bool):
         msg = f"`transposed` must be a bool, got {transposed!r}"
         raise TypeError(msg)
-    n_groups = _size(groups, "groups")
+    n_groups = _checks.integer(groups, "groups")
     if c_out % n_groups:
         role = "the transposed layer's input" if transposed else "output"
         msg = f"`groups`={n_groups} must divide the {role} channels ({c_out})"
@@ -252,7 +237,16 @@ def conv_spec(
         if isinstance(padding, str) and padding not in ("same", "valid"):
             msg = f"`padding` must be 'circular', 'same', 'valid', an int or per-axis ints, got {padding!r}"
             raise ValueError(msg)
+        if not isinstance(padding, str):  # now, so that an array never meets `padding == "same"`
+            padding = _explicit_pads(padding, ndim)
         if transposed:
+            # PyTorch's rule (its C++ shape check): the extra rows sit within one stride or one dilation.
+            if any(e >= max(s, d) for e, s, d in zip(extra, strides, dilations, strict=True)):
+                msg = (
+                    f"`output_padding` {extra} does not fit: it must be smaller than either the stride "
+                    f"{strides} or the dilation {dilations} on every axis (as in PyTorch)"
+                )
+                raise ValueError(msg)
             # The forward convolution maps the transposed layer's output back to `given`.
             if padding == "same":
                 conv_input = tuple(m * s + e for m, s, e in zip(given, strides, extra, strict=True))
@@ -284,6 +278,11 @@ def conv_spec(
                 f"than the dilated kernel {span}"
             )
             raise ValueError(msg)
+        if transposed and padding != "same" and all(o >= m for o, m in zip(conv_output, given, strict=True)):
+            # An output_padding of at least the stride (below the dilation) makes the forward
+            # convolution longer than `given`; the transposed layer reads only its first outputs
+            # (PyTorch's), the adjoint of the forward convolution restricted to them.
+            conv_output = given
         if transposed and conv_output != given:
             msg = (
                 f"`output_padding` {extra} does not fit: the forward convolution of a {conv_input} map "
@@ -291,7 +290,7 @@ def conv_spec(
             )
             raise ValueError(msg)
         grid = tuple(-(-(n + a + b) // s) * s for n, (a, b), s in zip(conv_input, pads, strides, strict=True))
-    return ConvSpec(
+    spec = ConvSpec(
         kernel_size=ksize,
         conv_input=conv_input,
         conv_output=conv_output,
@@ -305,6 +304,8 @@ def conv_spec(
         transposed=transposed,
         channels_last=channels_last,
     )
+    check_grid(spec)  # before anything the size of the grid is allocated
+    return spec
 
 
 def to_spatial_first(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ._checks import choice, integer, optional_integer, real
 from ._docs import fill_layer_doc
 from ._layout import ConvSpec, parse
 from ._lib import (
@@ -16,8 +17,10 @@ from ._lib import (
     full_precision,
     on_accelerator,
     pad_axis,
+    unit_scale,
     zero_d,
 )
+from ._limits import check_memory
 from ._operator import BLOCK_CAPACITY, LANCZOS_CAPACITY, basis_rows, forward_matrix, padded_values
 from ._spectrum import (
     blocks_by_rows,
@@ -43,21 +46,15 @@ DEFAULT_MAX_MEMORY = 2**30
 MAX_GRAM_STEPS = 30
 
 
-def check_chunking(chunk_size: object, max_memory: object) -> None:
-    """Validate the memory options shared by every public function."""
-    for name, value in (("chunk_size", chunk_size), ("max_memory", max_memory)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            msg = f"`{name}` must be None or a positive int, got {value!r}"
-            raise ValueError(msg)
+def check_chunking(chunk_size: object, max_memory: object) -> tuple[int | None, int | None]:
+    """Validate the memory options shared by every public function; returns them as Python ints."""
+    return optional_integer(chunk_size, "chunk_size"), optional_integer(max_memory, "max_memory")
 
 
 def _tolerance(tol: float | None, dtype: Any, xp: Namespace) -> float:
     if tol is None:
         return 1e-6 if dtype in (xp.float64, xp.complex128) else 1e-5
-    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 <= tol < 1:
-        msg = f"`tol` must be a number in [0, 1), got {tol!r}"
-        raise ValueError(msg)
-    return float(tol)
+    return real(tol, "tol", "a number in [0, 1)", at_least=0.0, below=1.0)
 
 
 def _pointwise(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array | None:
@@ -86,14 +83,13 @@ def circular_norm(
     max_memory: int | None = DEFAULT_MAX_MEMORY,
 ) -> Array:
     """Norm of the circular layer on ``spec.grid``: the largest block singular value, chunk by chunk."""
-    if method not in NORM_METHODS:
-        msg = f"`method` must be one of {NORM_METHODS}, got {method!r}"
-        raise ValueError(msg)
+    method = choice(method, "method", NORM_METHODS)
     tolerance = _tolerance(tol, kernel.dtype, xp)
-    _check_iterations(iterations)
-    check_chunking(chunk_size, max_memory)
+    iterations = _check_iterations(iterations)
+    chunk_size, max_memory = check_chunking(chunk_size, max_memory)
     if method == "auto":  # measured: gram 65-270x the two-liner on an H200, eigh 10x; eigh fastest on CPUs
         method = "gram" if on_accelerator(kernel) else "eigh"
+    kernel, scale = unit_scale(kernel, xp)  # every method squares: work where that cannot overflow
     best: Array | None = None
     pointwise = _pointwise(kernel, spec, xp)
     chunks = (
@@ -114,23 +110,22 @@ def circular_norm(
             )
             _, value = gram_iteration_bounds(blocks, floor, tolerance, min(iterations, MAX_GRAM_STEPS), xp)
         best = value if best is None else xp.maximum(best, value)
-    return zero_d(best, xp)
+    return zero_d(best * scale, xp)
 
 
-def _check_iterations(iterations: object) -> None:
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        msg = f"`iterations` must be a positive int, got {iterations!r}"
-        raise ValueError(msg)
+def _check_iterations(iterations: object) -> int:
+    return integer(iterations, "iterations")
 
 
 def padded_norm_options(
     kernel: Array, spec: ConvSpec, xp: Namespace, tol: float | None, iterations: int, max_memory: int | None
 ) -> dict[str, Any]:
     """The public options of a zero-padded norm, checked, as :func:`padded_values` takes them."""
-    _check_iterations(iterations)
-    check_chunking(None, max_memory)
+    iterations = _check_iterations(iterations)
+    _, max_memory = check_chunking(None, max_memory)
     rows = basis_rows(1, spec, _itemsize(kernel, xp), max_memory, LANCZOS_CAPACITY)
-    return {"tol": _tolerance(tol, kernel.dtype, xp), "iterations": iterations, "capacity": rows}
+    tolerance = _tolerance(tol, kernel.dtype, xp)
+    return {"tol": tolerance, "iterations": iterations, "capacity": rows, "max_memory": max_memory}
 
 
 def padded_norm(
@@ -138,8 +133,9 @@ def padded_norm(
 ) -> Array:
     """The zero-padded layer's norm (see :func:`padded_values`)."""
     options = padded_norm_options(kernel, spec, xp, tol, iterations, max_memory)
-    norm, _ = padded_values(kernel, spec, xp, count=None, **options)
-    return zero_d(norm, xp)
+    unit, scale = unit_scale(kernel, xp)
+    norm, _ = padded_values(unit, spec, xp, count=None, **options)
+    return zero_d(norm * scale, xp)
 
 
 def _itemsize(kernel: Array, xp: Namespace) -> int:
@@ -147,12 +143,8 @@ def _itemsize(kernel: Array, xp: Namespace) -> int:
 
 
 def _check_count(k: object, total: int) -> int | None:
-    if k is None:
-        return None
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= total:
-        msg = f"`k` must be None or an int from 1 to the number of singular values ({total}), got {k!r}"
-        raise ValueError(msg)
-    return k
+    expected = f"an int from 1 to the number of singular values ({total})"
+    return optional_integer(k, "k", 1, total, expected=expected)
 
 
 @full_precision
@@ -243,15 +235,23 @@ def singular_values(
     Raises
     ------
     TypeError
-        If ``kernel`` is not an array, has a boolean dtype, or a size option
-        does not hold integers.
+        If ``kernel`` is not an array or has a boolean dtype, ``xp`` is not
+        an array namespace, or an option has the wrong type: a size that is
+        not an integer, a bool or a string where a number is expected, a set
+        for a shape. (NumPy scalars and 0-d arrays are accepted wherever
+        Python numbers are.)
     ValueError
         If ``layout`` is unknown, the kernel's rank does not match it, a size
         is not positive, an option has the wrong length, ``groups`` does not
         divide the channels, a circular stride does not divide the map, the
         layer's output would be empty, or a zero-padded layer is too large
         for a dense SVD (use :func:`operator_norm` or
-        :func:`operator_norm_bounds`).
+        :func:`operator_norm_bounds`). Also, before anything is allocated,
+        if the grid the layer is computed on (the map, or the zero-padded
+        map rounded up to a multiple of the stride) has more than ``2**31``
+        positions, or the result or a working set no chunking shrinks would
+        exceed ``max(max_memory, 2**34)`` bytes (see ``max_memory``); the
+        message names the option responsible.
 
     See Also
     --------
@@ -326,10 +326,28 @@ def singular_values(
         padding=padding,
         output_padding=output_padding,
     )
-    check_chunking(chunk_size, max_memory)
+    chunk_size, max_memory = check_chunking(chunk_size, max_memory)
+    if spec.circular:  # the whole spectrum is computed (and kept, sorted, mirrored) even for `k`
+        result = _count_of_values(spec) * (8 if array.dtype in (xp.float64, xp.complex128) else 4)
+        check_memory(result, max_memory, f"the {_count_of_values(spec)} singular values", spec)
     count = _check_count(k, _count_of_values(spec))
     tolerance = _tolerance(tol, array.dtype, xp)
-    _check_iterations(iterations)
+    iterations = _check_iterations(iterations)
+    array, scale = unit_scale(array, xp)  # values of kernel / scale, times scale: no overflow
+    return scale * _spectrum_of_unit(array, spec, xp, count, tolerance, iterations, chunk_size, max_memory)
+
+
+def _spectrum_of_unit(
+    array: Array,
+    spec: ConvSpec,
+    xp: Namespace,
+    count: int | None,
+    tolerance: float,
+    iterations: int,
+    chunk_size: int | None,
+    max_memory: int | None,
+) -> Array:
+    """:func:`singular_values` of a kernel whose largest entry is about 1."""
     if spec.circular:
         values = _circular_spectrum(array, spec, xp, chunk_size, max_memory)
         return values if count is None else _largest(values, count, xp)
@@ -348,9 +366,16 @@ def singular_values(
             "padding='circular' for the exact spectrum of the circular layer"
         )
         raise ValueError(msg)
-    rows = basis_rows(3, spec, _itemsize(array, xp), max_memory, max(BLOCK_CAPACITY, 4 * count))
+    rows = basis_rows(3, spec, _itemsize(array, xp), max_memory, max(BLOCK_CAPACITY, 4 * count), count=count)
     values, _ = padded_values(
-        array, spec, xp, count=count, tol=tolerance, iterations=iterations, capacity=rows
+        array,
+        spec,
+        xp,
+        count=count,
+        tol=tolerance,
+        iterations=iterations,
+        capacity=rows,
+        max_memory=max_memory,
     )
     return values
 
@@ -430,14 +455,24 @@ def operator_norm(
         value to round-off and cheaper. ``"gram"``: Gram iteration (repeated
         squaring), a certified upper bound, stopped once it is within
         ``tol`` of a norm the layer attains, so ``norm <= value <= norm (1 +
-        tol)`` (up to round-off). ``"power"``: batched power iteration
-        without forming any Gram matrix; an estimate from below that stops
-        when it moves by at most ``tol`` in a step (not certified).
+        tol)`` (up to round-off). ``"power"``: power iteration on every
+        frequency's matrix at once, without forming any Gram matrix, from a
+        different pseudo-random start for each; an estimate from below (up
+        to round-off), not certified. Each matrix runs until its estimate of
+        ``sigma^2`` looks within ``tol`` of its limit (its last rise, and
+        the rest of its climb extrapolated geometrically from its last
+        rises, at most ``tol``), so the norm is typically within ``tol / 2``;
+        or until a certified bound (Frobenius, ``sqrt(||A||_1
+        ||A||_inf)``) shows it cannot beat the best estimate by more than
+        ``tol``; or until ``iterations`` steps. The extrapolation can miss:
+        a start with almost no component along a matrix's top singular
+        vector may settle on a lower one.
         ``"auto"`` (default) is ``"gram"`` on a GPU and ``"eigh"`` elsewhere.
     tol : float, optional
         Zero padding: the Lanczos iteration's relative accuracy (see Notes).
         Circular padding with ``"gram"`` or ``"power"``: their stopping
-        tolerance. Default ``1e-6`` in float64, ``1e-5`` in float32.
+        tolerance (relative; for ``"power"`` on each frequency's ``sigma^2``,
+        see ``method``). Default ``1e-6`` in float64, ``1e-5`` in float32.
     iterations : int, optional
         The most Lanczos steps (zero padding), power steps, or Gram
         squarings (at most 30 are used). Default 640.
@@ -456,8 +491,9 @@ def operator_norm(
     Raises
     ------
     TypeError, ValueError
-        As :func:`singular_values` (except the dense-size limit); also for a
-        ``tol`` outside ``[0, 1)`` or ``iterations < 1``.
+        As :func:`singular_values` (except the dense-size limit); also for an
+        unknown ``method`` (with any padding), a ``tol`` outside ``[0, 1)``
+        or ``iterations < 1``.
 
     See Also
     --------
@@ -533,6 +569,7 @@ def operator_norm(
             chunk_size=chunk_size,
             max_memory=max_memory,
         )
+    choice(method, "method", NORM_METHODS)  # unused with zero padding, but a typo is still an error
     return padded_norm(k, spec, xp, tol, iterations, max_memory)
 
 

@@ -15,6 +15,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from ._checks import optional_integer
 from ._docs import fill_layer_doc
 from ._layout import ConvSpec, parse
 from ._lib import (
@@ -34,7 +35,8 @@ from ._lib import (
     while_loop,
     wider_dtype,
 )
-from ._spectrum import dilate, fold, grouped, transfer_matrices
+from ._limits import check_memory
+from ._spectrum import fold, grouped, transfer_matrices
 
 #: Default cap on the number of entries of :func:`conv_matrix` (2 GiB in float64).
 MAX_DENSE_ENTRIES = 2**28
@@ -64,15 +66,19 @@ def ungrouped_kernel(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
 def forward_matrix(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
     """The forward convolution's dense matrix, ``(out * N_out, in * N_in)``."""
     device = device_of(kernel)
-    full = fold(dilate(ungrouped_kernel(kernel, spec, xp), spec.dilation, xp), spec.grid, xp)
-    full = xp.reshape(full, (math.prod(spec.grid), spec.in_channels, spec.out_channels))
-    before = (0,) * spec.ndim if spec.pads is None else tuple(a for a, _ in spec.pads)
-    # Output r reads grid position r * stride + p; input q sits at q + before.
-    # With zero padding the grid is large enough that no read wraps onto the map.
+    # Output r reads position r * stride + p of the torus `grid`; input q sits at q + before. With
+    # zero padding the padded map (not rounded up to the stride) is large enough that no read wraps.
+    if spec.pads is None:
+        grid, before = spec.grid, (0,) * spec.ndim
+    else:
+        grid = tuple(n + a + b for n, (a, b) in zip(spec.conv_input, spec.pads, strict=True))
+        before = tuple(a for a, _ in spec.pads)
+    full = fold(ungrouped_kernel(kernel, spec, xp), grid, xp, spec.dilation)
+    full = xp.reshape(full, (math.prod(grid), spec.in_channels, spec.out_channels))
     rows, cols = _positions(spec.conv_output, xp, device), _positions(spec.conv_input, xp, device)
     offset = xp.zeros((rows[0].shape[0], cols[0].shape[0]), dtype=rows[0].dtype, device=device)
-    grid_stride = math.prod(spec.grid)
-    for r, q, s, b, n in zip(rows, cols, spec.stride, before, spec.grid, strict=True):
+    grid_stride = math.prod(grid)
+    for r, q, s, b, n in zip(rows, cols, spec.stride, before, grid, strict=True):
         grid_stride //= n
         offset = offset + ((q[None, :] + b - r[:, None] * s) % n) * grid_stride
     taps = xp.take(full, xp.reshape(offset, (-1,)), axis=0)
@@ -144,7 +150,7 @@ def conv_matrix(
     ------
     TypeError, ValueError
         As :func:`singular_values`; ``ValueError`` also when the matrix would
-        have more than ``max_entries`` entries.
+        have more than ``max_entries`` entries, or ``max_entries`` is negative.
 
     See Also
     --------
@@ -182,6 +188,7 @@ def conv_matrix(
         padding=padding,
         output_padding=output_padding,
     )
+    max_entries = optional_integer(max_entries, "max_entries", minimum=0)
     entries = spec.out_channels * math.prod(spec.conv_output) * spec.in_channels * math.prod(spec.conv_input)
     if max_entries is not None and entries > max_entries:
         msg = (
@@ -302,15 +309,19 @@ def _spread(
                 part = _pad_or_crop(part, axis + 2, shift, c - size - shift, xp)
             key = tuple(phase)
             sums[key] = part if key not in sums else sums[key] + part
-    # Interleave the phases, last axis first: position j * s + phase of each axis.
+    # Interleave the phases, last axis first: position j * s + phase of each axis. A stride longer
+    # than the map leaves one position per phase (j = 0), and the phases past the map are cropped:
+    # only min(s, n) of them are stacked, not s.
     for axis in reversed(range(d)):
         s, n = stride[axis], out[axis]
+        width = min(s, n)
         merged: dict[tuple[int, ...], Array] = {}
         for key in {k[:axis] for k in sums}:
             some = next(v for k, v in sums.items() if k[:axis] == key)
-            phases = [sums.get((*key, f), xp.zeros_like(some)) for f in range(s)]
-            spread = xp.stack(phases, axis=axis + 3) if s > 1 else xp.expand_dims(phases[0], axis=axis + 3)
-            shape = (*some.shape[: axis + 2], some.shape[axis + 2] * s, *some.shape[axis + 3 :])
+            phases = [sums.get((*key, f), xp.zeros_like(some)) for f in range(width)]
+            one = xp.expand_dims(phases[0], axis=axis + 3)
+            spread = xp.stack(phases, axis=axis + 3) if width > 1 else one
+            shape = (*some.shape[: axis + 2], some.shape[axis + 2] * width, *some.shape[axis + 3 :])
             merged[key] = xp.reshape(spread, shape)[(slice(None),) * (axis + 2) + (slice(0, n), Ellipsis)]
         sums = merged
     total = sums[()]
@@ -321,6 +332,16 @@ def _spread(
 #: one real multiply-add of a tap's matrix product (measured with NumPy on a 2-core CPU: they are
 #: memory bound, small and batched).
 FFT_PRODUCT_COST = 45
+
+
+def fft_bytes(spec: ConvSpec, dtype: Any, xp: Namespace) -> int:
+    """About what the FFT route's per-frequency matrices take on ``spec.grid``, with their copies.
+
+    The transform of the kernel, its half spectrum and the conjugate transposes: four complex arrays
+    of ``prod(grid) * in * out / groups`` entries. The direct route needs none of it.
+    """
+    complex_size = 16 if dtype in (xp.float64, xp.complex128) else 8
+    return 4 * math.prod(spec.grid) * spec.in_channels * spec.group_out * complex_size
 
 
 class PaddedLayer:
@@ -336,10 +357,11 @@ class PaddedLayer:
     shifted views of the padded map (its adjoint the same sum with the
     flipped, conjugated taps on the output spread out by the stride), or,
     when the kernel has many taps, one product per frequency on the FFT grid
-    ``spec.grid``: whichever an operation count says is cheaper.
+    ``spec.grid``: whichever an operation count says is cheaper, the FFT only
+    where its matrices (:func:`fft_bytes`) fit in ``max_memory`` bytes.
     """
 
-    def __init__(self, kernel: Array, spec: ConvSpec, xp: Namespace) -> None:
+    def __init__(self, kernel: Array, spec: ConvSpec, xp: Namespace, max_memory: int | None = None) -> None:
         assert spec.pads is not None
         self.spec, self.xp, self.dtype, self.device = spec, xp, kernel.dtype, device_of(kernel)
         d, groups = spec.ndim, spec.groups
@@ -347,11 +369,13 @@ class PaddedLayer:
         self.output_shape = (groups, spec.group_out, *spec.conv_output)
         # (out, in / G, *k), laid out in memory so: a permuted view made oneDNN reorder it every call.
         weight = contiguous(xp.permute_dims(kernel, (d + 1, d, *range(d))), xp)
-        native = framework_convolution(weight, spec.stride, spec.dilation, groups, spec.pads, spec.conv_input)
+        native = framework_convolution(
+            weight, spec.stride, spec.dilation, groups, spec.pads, spec.conv_input, spec.conv_output
+        )
         if native is not None:
             self.route = "framework"
             self._forward, self._adjoint = native
-        elif self._fft_is_cheaper():
+        elif self._fft_is_cheaper() and fft_bytes(spec, kernel.dtype, xp) <= (max_memory or math.inf):
             self.route = "fft"
             self._setup_fft(kernel)
         else:
@@ -606,10 +630,16 @@ def lanczos_norm(
         residual = norms(back - xp.astype(value, exact.dtype)[:, None] * wide)
         return xp.astype(value, real), xp.astype(residual, real)
 
+    fresh = xp.reshape(start_vector(groups * n_in, dtype, xp, layer.device), (groups, n_in))
     if start is None:
-        start = xp.reshape(start_vector(groups * n_in, dtype, xp, layer.device), (groups, n_in))
+        start = fresh
     else:
-        start, _ = _unit(start, norms(start), xp.zeros((groups,), dtype=real, device=layer.device), xp)
+        # Half fresh: a warm start (a nearby layer's top vector) can be a singular vector of this
+        # layer too -- clipping bunches the top values -- with nothing along its top one; Lanczos
+        # would then certify the second value (found by the random campaign).
+        zero = xp.zeros((groups,), dtype=real, device=layer.device)
+        start, _ = _unit(start, norms(start), zero, xp)
+        start, _ = _unit(start + fresh, norms(start + fresh), zero, xp)
 
     def again(state: tuple[Ritz, Array]) -> Array:
         ritz, previous = state
@@ -627,15 +657,32 @@ def lanczos_norm(
     return while_loop(again, restart, (first, infinite))[0]
 
 
-def basis_rows(vectors_per_row: int, spec: ConvSpec, itemsize: int, max_memory: int | None, most: int) -> int:
+def basis_rows(
+    vectors_per_row: int,
+    spec: ConvSpec,
+    itemsize: int,
+    max_memory: int | None,
+    most: int,
+    *,
+    count: int | None = None,
+) -> int:
     """How many basis rows fit in ``max_memory`` bytes (between 16 and ``most``).
 
     A row is ``vectors_per_row`` vectors of the layer's input or output size.
+    What no ``max_memory`` shrinks -- 16 rows (``count + 16`` for the
+    ``count`` largest singular values) and the maps of one vector (``count``)
+    padded onto the grid, input and output, with their transforms -- is
+    first checked against the limit of :func:`~convsv._limits.check_memory`.
     """
+    row = vectors_per_row * spec.in_channels * max(math.prod(spec.conv_input), math.prod(spec.conv_output))
+    batch = 1 if count is None else count
+    maps = 4 * batch * (spec.in_channels + spec.out_channels) * math.prod(spec.grid)
+    fewest = min(16 if count is None else count + 16, most)
+    what = f"the {fewest} Lanczos vectors{'' if count is None else f' for `k`={count}'} and the padded maps"
+    check_memory((fewest * row + maps) * itemsize, max_memory, what, spec)
     if max_memory is None:
         return most
-    row = vectors_per_row * spec.in_channels * max(math.prod(spec.conv_input), math.prod(spec.conv_output))
-    return max(16, min(most, max_memory // (row * itemsize)))
+    return max(fewest, min(most, max_memory // (row * itemsize)))
 
 
 def padded_values(
@@ -648,6 +695,7 @@ def padded_values(
     iterations: int,
     capacity: int,
     start: Array | None = None,
+    max_memory: int | None = None,
 ) -> tuple[Array, Array]:
     """A zero-padded layer's norm (``count=None``) or ``count`` largest singular values, differentiable.
 
@@ -660,7 +708,8 @@ def padded_values(
     largest over the groups; the top values are merged over the groups,
     descending. A non-finite kernel gives NaN (the iteration runs on zeros:
     no error, no host round trip). Returns ``(values, vectors)``; a norm's
-    vectors ``(G, n_in)`` can start a later call (``start``).
+    vectors ``(G, n_in)`` can start a later call (``start``). ``max_memory``
+    bounds the layers' FFT matrices (see :class:`PaddedLayer`).
     """
     finite = xp.all(xp.isfinite(kernel))
     kernel = xp.where(finite, kernel, xp.zeros_like(kernel))
@@ -668,10 +717,10 @@ def padded_values(
     scale = xp.max(xp.abs(detached))
     scale = xp.where(scale > 0, scale, xp.ones_like(scale))
     unit = detached / xp.astype(scale, detached.dtype)
-    scaled = PaddedLayer(unit, spec, xp)
+    scaled = PaddedLayer(unit, spec, xp, max_memory)
     if count is None:
         wide = wider_dtype(unit.dtype, xp, device_of(unit))
-        check = None if wide is None else PaddedLayer(xp.astype(unit, wide), spec, xp)
+        check = None if wide is None else PaddedLayer(xp.astype(unit, wide), spec, xp, max_memory)
         vectors = lanczos_norm(
             scaled, tol=tol, iterations=iterations, capacity=capacity, start=start, check=check
         ).vector
@@ -680,7 +729,7 @@ def padded_values(
         rows, _ = block_lanczos(scaled, count, tol=tol, iterations=iterations, capacity=capacity)
         vectors = rows
     rows = stop_gradient(rows)
-    layer = PaddedLayer(kernel, spec, xp)
+    layer = PaddedLayer(kernel, spec, xp, max_memory)
     image = layer.apply(xp.reshape(rows, (rows.shape[0], *layer.input_shape)))
     norms = xp.linalg.vector_norm(xp.reshape(image, (rows.shape[0], spec.groups, -1)), axis=-1)
     top = xp.max(norms) if count is None else xp.flip(xp.sort(xp.reshape(norms, (-1,))), axis=0)[:count]

@@ -18,10 +18,11 @@ steps; Dykstra's algorithm converges to the nearest point of ``B ∩ S``.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
+from ._checks import choice, integer, optional_real
+from ._checks import real as real_number
 from ._docs import fill_layer_doc
 from ._layout import ConvSpec, from_spatial_first, parse
 from ._lib import (
@@ -32,7 +33,9 @@ from ._lib import (
     complex_dtype,
     device_of,
     full_precision,
+    interleave_zeros,
     repeat,
+    unit_scale,
     while_loop,
     zero_d,
 )
@@ -40,16 +43,19 @@ from ._norms import DEFAULT_MAX_MEMORY, check_chunking, circular_norm, padded_no
 from ._operator import padded_values
 from ._spectrum import (
     blocks_by_rows,
+    conjugate_phases,
     finish_kernel,
     finite_or_zero,
     half_rows,
     kernel_from_rows,
     matrix_singular_values,
+    mirror_row,
     nan_where_not,
     partial_transfer,
     row_blocks,
     row_chunks,
     row_weights,
+    self_conjugate_rows,
     small_gram,
 )
 
@@ -94,26 +100,12 @@ class ClipInfo(NamedTuple):
 
 
 def _bound(value: object, name: str) -> float:
-    if isinstance(value, (bool, str, bytes)) or value is None:
-        msg = f"`{name}` must be a real number, got {value!r}"
-        raise TypeError(msg)
-    try:
-        number = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        msg = f"`{name}` must be a real number (a Python float, not a traced value), got {value!r}"
-        raise TypeError(msg) from None
-    if not math.isfinite(number) or number < 0:
-        msg = f"`{name}` must be finite and non-negative, got {number}"
-        raise ValueError(msg)
-    return number
+    return real_number(value, name, "a finite non-negative number", at_least=0.0)
 
 
 def positive_bound(value: object, name: str = "max_norm") -> float:
     """A finite, strictly positive bound: what the training adapters accept (zero would erase a layer)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < float(value) < math.inf:
-        msg = f"`{name}` must be a finite positive number, got {value!r}"
-        raise ValueError(msg)
-    return float(value)
+    return real_number(value, name, "a finite positive number", above=0.0)
 
 
 def _check_bounds(max_norm: object, min_norm: object) -> tuple[float, float | None]:
@@ -125,10 +117,8 @@ def _check_bounds(max_norm: object, min_norm: object) -> tuple[float, float | No
     return upper, lower
 
 
-def _check_bound_choice(bound: object) -> None:
-    if bound not in BOUNDS:
-        msg = f"`bound` must be one of {BOUNDS}, got {bound!r}"
-        raise ValueError(msg)
+def _check_bound_choice(bound: object) -> str:
+    return choice(bound, "bound", BOUNDS)
 
 
 def _check_lower_clip(min_norm: object, bound: object, circular: bool) -> None:
@@ -141,35 +131,97 @@ def _check_lower_clip(min_norm: object, bound: object, circular: bool) -> None:
         raise ValueError(msg)
 
 
-def _check_schedule(method: object, iterations: object, tol: object) -> None:
-    if method not in METHODS:
-        msg = f"`method` must be one of {METHODS}, got {method!r}"
-        raise ValueError(msg)
-    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-        msg = f"`iterations` must be a positive int, got {iterations!r}"
-        raise ValueError(msg)
-    if tol is not None and (
-        isinstance(tol, bool) or not isinstance(tol, (int, float)) or not math.isfinite(tol) or tol < 0
-    ):
-        msg = f"`tol` must be None or a finite non-negative number, got {tol!r}"
-        raise ValueError(msg)
+def _check_schedule(method: object, iterations: object, tol: object) -> tuple[str, int, float | None]:
+    """The projection's loop options, as ``(method, iterations, tol)`` in Python types."""
+    return (
+        choice(method, "method", METHODS),
+        integer(iterations, "iterations"),
+        optional_real(tol, "tol", "None or a finite non-negative number", at_least=0.0),
+    )
 
 
 def clip_matrices(
-    matrices: Array, max_norm: float, min_norm: float | None, xp: Namespace
+    matrices: Array,
+    max_norm: float,
+    min_norm: float | None,
+    xp: Namespace,
+    *,
+    rows: range | None = None,
+    spec: ConvSpec | None = None,
 ) -> tuple[Array, Array]:
     """Clip every matrix's singular values into ``[min_norm, max_norm]``.
 
     Returns ``(clipped matrices, their original singular values)``; NaN for a
     matrix with a non-finite entry.
+
+    With ``rows`` and ``spec``, ``matrices`` are those half-spectrum rows of a
+    real kernel's layer (as :func:`row_blocks` gives them), whose kernel is
+    the real part of the transformed-back blocks. Raising a zero singular
+    value takes singular vectors, arbitrary in a null space: clipped apart,
+    the blocks at ``f`` and ``-f`` would raise along directions that are not
+    each other's conjugates, and the real part would lose the raise. So
+    within a self-conjugate row the clip of one block of each such pair
+    stands for both, and a block that is its own mirror is clipped by a real
+    SVD (see :func:`_clip_self_conjugate_row`). The other rows need nothing:
+    each stands for its mirror row.
     """
     finite, safe = finite_or_zero(matrices, xp)
     if min_norm is None:
+        # Lowering only: the clipped matrix is unique, and so conjugate-symmetric already.
         clipped, s = batch_map(lambda m: _clip_from_gram(m, max_norm, xp), safe, xp)
     else:
-        u, s, vh = batch_map(lambda m: tuple(xp.linalg.svd(m, full_matrices=False)), safe, xp)
-        clipped = (u * xp.astype(xp.clip(s, min=min_norm, max=max_norm), u.dtype)[..., None, :]) @ vh
+        clipped, s = _clip_by_svd(safe, max_norm, min_norm, xp)
+        if rows is not None and spec is not None:
+            for i in self_conjugate_rows(rows, spec):
+                row = _clip_self_conjugate_row(
+                    clipped[i, ...], safe[i, ...], rows[i] == 0, spec, max_norm, min_norm, xp
+                )
+                clipped = xp.concat(
+                    [clipped[:i, ...], xp.expand_dims(row, axis=0), clipped[i + 1 :, ...]], axis=0
+                )
     return nan_where_not(finite, clipped, xp), nan_where_not(finite, s, xp)
+
+
+def _clip_by_svd(matrices: Array, max_norm: float, min_norm: float, xp: Namespace) -> tuple[Array, Array]:
+    """``U clip(S) V^H`` and ``S``, from the thin SVD (real matrices: a real SVD)."""
+    u, s, vh = batch_map(lambda m: tuple(xp.linalg.svd(m, full_matrices=False)), matrices, xp)
+    return (u * xp.astype(xp.clip(s, min=min_norm, max=max_norm), u.dtype)[..., None, :]) @ vh, s
+
+
+def _clip_self_conjugate_row(
+    clipped: Array,
+    blocks: Array,
+    zero_row: bool,
+    spec: ConvSpec,
+    max_norm: float,
+    min_norm: float,
+    xp: Namespace,
+) -> Array:
+    """A self-conjugate row's clipped blocks ``(*freq_grid[1:], G, r, c)``, made ``C[-f] = P conj(C[f])``.
+
+    Of each pair ``f != -f`` the clip at the smaller flat index stands for
+    both (``P``: :func:`conjugate_phases`). A block with ``f = -f`` has
+    ``conj(A) = P A``, so for the unitary ``Q = ((1 - i) I + (1 + i) P) / 2``
+    (``conj(Q) = Q P``) ``Q A = Re(A) + Im(A)`` is real: its clip comes from
+    a real SVD, and ``Q^H`` of that satisfies ``conj(C) = P C``.
+    """
+    lead = spec.freq_grid[1:]
+    # The frequencies with v = -v: 0 and m / 2 on each axis.
+    picks = tuple(slice(0, m, m // 2) if m % 2 == 0 else slice(0, 1) for m in lead)
+    own = blocks[picks + (Ellipsis,)]
+    real, _ = _clip_by_svd(xp.real(own) + xp.imag(own), max_norm, min_norm, xp)
+    real = xp.astype(real, clipped.dtype)
+    own = ((1 + 1j) * real + (1 - 1j) * conjugate_phases(real, zero_row, spec, xp)) / 2
+    if not lead:  # 1-D: the row is one block
+        return own
+    for axis, m in enumerate(lead):
+        own = interleave_zeros(own, axis, m // own.shape[axis], xp)  # back to positions 0 and m / 2
+    index = xp.reshape(xp.arange(math.prod(lead), device=device_of(blocks)), lead)
+    mirror = mirror_row(index, spec, xp)
+    shape = (*lead, 1, 1, 1)
+    mirrored = conjugate_phases(xp.conj(mirror_row(clipped, spec, xp)), zero_row, spec, xp)
+    out = xp.where(xp.reshape(mirror < index, shape), mirrored, clipped)
+    return xp.where(xp.reshape(mirror == index, shape), own, out)
 
 
 def _clip_from_gram(matrices: Array, max_norm: float, xp: Namespace) -> tuple[Array, Array]:
@@ -253,7 +305,8 @@ def _project(
             matrices = row_blocks(partial, rows, spec, xp)
             if method == "dykstra":
                 matrices = matrices + dual[rows.start : rows.stop, ...]
-            clipped, s = clip_matrices(matrices, max_norm, min_norm, xp)
+            half = rows if real else None
+            clipped, s = clip_matrices(matrices, max_norm, min_norm, xp, rows=half, spec=spec)
             if method == "dykstra":
                 duals.append(matrices - clipped)  # Dykstra's correction for B; S is a subspace and needs none
             chunk_meets = _meets_bounds(s, max_norm, min_norm, 0.0 if tol is None else tol, xp)
@@ -370,7 +423,7 @@ def _tight_projection(
         bounded = high < inf
         geometric = xp.sqrt(low * xp.where(bounded, high, zero))
         middle = xp.where(low > 0, xp.where(bounded, geometric, 2 * low), high / 2)
-        proposal = xp.where((proposal > low) & (proposal < high), proposal, middle)
+        proposal = xp.where((proposal >= low) & (proposal < high), proposal, middle)  # max_norm 0: level 0
         x, steps, _ = project(kernel, proposal)
         new_norm, vectors = padded_values(x, spec, xp, count=None, start=vectors, **norm_options)
         low = xp.where(new_norm < aim, xp.maximum(low, proposal), low)
@@ -486,12 +539,12 @@ def clip_operator_norm(
     Raises
     ------
     TypeError
-        As :func:`singular_values`, or if ``max_norm``/``min_norm`` is not a
-        real number.
+        As :func:`singular_values`, or if ``max_norm``, ``min_norm`` or
+        ``tol`` is not a real number or ``iterations`` not an int.
     ValueError
         As :func:`singular_values`; also for a negative or non-finite bound,
         ``min_norm > max_norm``, an unknown ``method``, ``iterations < 1``, a
-        negative ``tol``, ``min_norm`` with ``"extrapolated"`` or with a tight
+        negative or non-finite ``tol``, ``min_norm`` with ``"extrapolated"`` or with a tight
         zero-padded projection, an unknown ``bound``, or (circular padding) a
         dilated kernel larger than the feature map.
 
@@ -614,7 +667,7 @@ def clip_operator_norm(
         output_padding=output_padding,
     )
     max_norm, min_norm = _check_bounds(max_norm, min_norm)
-    _check_schedule(method, iterations, tol)
+    method, iterations, tol = _check_schedule(method, iterations, tol)
     if method == "extrapolated" and min_norm is not None:
         msg = (
             "method='extrapolated' relies on the convexity of the operator-norm ball, "
@@ -627,36 +680,44 @@ def clip_operator_norm(
             "it has no taps of its own to crop back to; use clip_singular_values for the full-size kernel"
         )
         raise ValueError(msg)
-    check_chunking(chunk_size, max_memory)
-    _check_bound_choice(bound)
+    chunk_size, max_memory = check_chunking(chunk_size, max_memory)
+    bound = _check_bound_choice(bound)
     _check_lower_clip(min_norm, bound, spec.circular)
     chunks = (chunk_size, max_memory)
+    # Projections are homogeneous: project k / scale onto the bounds / scale, then scale back.
+    k, scale = unit_scale(k, xp)
+    upper = max_norm / scale
+    lower = None if min_norm is None else min_norm / scale
     if not spec.circular and bound == "tight":
         norm_options = padded_norm_options(k, spec, xp, None, 640, max_memory)
 
         def project(x: Array, level: Array) -> tuple[Array, Array, Array]:
             return _project(x, spec, xp, level, None, method, iterations, tol, chunks)
 
-        x, info = _tight_projection(k, spec, xp, max_norm, project, norm_options)
-        out = _output(x, spec, xp, user_dtype)
+        x, info = _tight_projection(k, spec, xp, upper, project, norm_options)
+        out = _output(x * xp.astype(scale, x.dtype), spec, xp, user_dtype)
+        norm, initial = zero_d(info.norm * scale, xp), zero_d(info.initial_norm * scale, xp)
+        info = info._replace(norm=norm, initial_norm=initial)
         return (out, info) if return_info else out
-    x, steps, done = _project(k, spec, xp, max_norm, min_norm, method, iterations, tol, chunks)
-    out = _output(x, spec, xp, user_dtype)
+    x, steps, done = _project(k, spec, xp, upper, lower, method, iterations, tol, chunks)
+    out = _output(x * xp.astype(scale, x.dtype), spec, xp, user_dtype)
     if not return_info:
         return out
-    if min_norm is None:
+    if lower is None:
         norm = circular_norm(x, spec, xp, method="eigh", chunk_size=chunk_size, max_memory=max_memory)
-        meets = norm <= max_norm * (1 + (tol or 0.0))
+        meets = norm <= upper * (1 + (tol or 0.0))
     else:
         norm, bottom = _extremes(x, spec, xp, chunks)
-        meets = (norm <= max_norm * (1 + (tol or 0.0))) & (bottom >= min_norm * (1 - (tol or 0.0)))
+        meets = (norm <= upper * (1 + (tol or 0.0))) & (bottom >= lower * (1 - (tol or 0.0)))
     if tol is not None and method != "dykstra":
         # The loop tests each iterate before stepping from it: not the last one.
         done = done | meets
     initial = circular_norm(k, spec, xp, method="eigh", chunk_size=chunk_size, max_memory=max_memory)
-    norm = zero_d(norm, xp)
     return out, ClipInfo(
-        norm=norm, iterations=zero_d(steps, xp), converged=zero_d(done, xp), initial_norm=initial
+        norm=zero_d(norm * scale, xp),
+        iterations=zero_d(steps, xp),
+        converged=zero_d(done, xp),
+        initial_norm=zero_d(initial * scale, xp),
     )
 
 
@@ -758,12 +819,16 @@ def clip_singular_values(
             "is not a convolution; use clip_operator_norm, which works on the padded map"
         )
         raise ValueError(msg)
-    check_chunking(chunk_size, max_memory)
+    chunk_size, max_memory = check_chunking(chunk_size, max_memory)
     real = not xp.isdtype(k.dtype, "complex floating")
     full_size = spec.with_grid(spec.grid)
+    k, scale = unit_scale(k, xp)  # as in clip_operator_norm: clip k / scale, scale back
+    upper = max_norm / scale
+    lower = None if min_norm is None else min_norm / scale
     total = None
     for rows, blocks in blocks_by_rows(k, spec, xp, chunk_size, max_memory):
-        clipped, _ = clip_matrices(blocks, max_norm, min_norm, xp)
+        clipped, _ = clip_matrices(blocks, upper, lower, xp, rows=rows if real else None, spec=spec)
         share = kernel_from_rows(clipped, rows, spec, full_size, real, xp)
         total = share if total is None else total + share
-    return _output(finish_kernel(total, spec, full_size, real, xp), full_size, xp, user_dtype)
+    total = finish_kernel(total, spec, full_size, real, xp)
+    return _output(total * xp.astype(scale, total.dtype), full_size, xp, user_dtype)

@@ -26,36 +26,62 @@ from ._lib import (
     batch_map,
     complex_dtype,
     device_of,
-    interleave_zeros,
     pad_axis,
     start_vector,
     while_loop,
 )
+from ._limits import check_memory
 
 
-def dilate(kernel: Array, dilation: Sequence[int], xp: Namespace) -> Array:
-    """Spread a spatial-first kernel's taps ``dilation`` apart (zeros between them)."""
-    for axis, d in enumerate(dilation):
-        span = (*(slice(None),) * axis, slice(0, (kernel.shape[axis] - 1) * d + 1), ...)
-        kernel = interleave_zeros(kernel, axis, d, xp)[span]
+def fold(kernel: Array, grid: Sequence[int], xp: Namespace, dilation: Sequence[int] | None = None) -> Array:
+    """Wrap a spatial-first kernel, its taps ``dilation`` apart, onto the ``grid`` torus.
+
+    On an axis of ``n`` points tap ``p`` lands on ``(p * d) mod n``; taps that
+    land together act on the same input position and are summed, and the
+    positions no tap reaches are zeros. The dilated kernel is never formed:
+    memory is that of the kernel and the result, whatever the dilation.
+    (``fftn(s=n)`` would crop a kernel larger than the grid instead, which is
+    wrong.)
+    """
+    for axis, n in enumerate(grid):
+        d = 1 if dilation is None else dilation[axis]
+        kernel = _fold_axis(kernel, axis, n, d, xp)
     return kernel
 
 
-def fold(kernel: Array, grid: Sequence[int], xp: Namespace) -> Array:
-    """Wrap a spatial-first kernel onto the ``grid`` torus.
-
-    Taps whose offsets agree modulo ``n`` act on the same input position and
-    are summed; a kernel smaller than the grid is zero-padded. (``fftn(s=n)``
-    would crop a larger kernel instead, which is wrong.)
-    """
-    for axis, n in enumerate(grid):
-        k = kernel.shape[axis]
+def _fold_axis(kernel: Array, axis: int, n: int, d: int, xp: Namespace) -> Array:
+    k = kernel.shape[axis]
+    if (d - 1) % n == 0:  # tap p lands on p mod n: whole periods of n taps, summed
         periods = -(-k // n)
         kernel = pad_axis(kernel, axis, 0, periods * n - k, xp)
         if periods > 1:
             split = (*kernel.shape[:axis], periods, n, *kernel.shape[axis + 1 :])
             kernel = xp.sum(xp.reshape(kernel, split), axis=axis)
-    return kernel
+        return kernel
+    landing: dict[int, list[int]] = {}
+    for p in range(k):
+        landing.setdefault(p * d % n, []).append(p)
+
+    def taps(first: int, stop: int) -> Array:
+        return kernel[(slice(None),) * axis + (slice(first, stop), Ellipsis)]
+
+    def zeros(size: int) -> Array:
+        shape = (*kernel.shape[:axis], size, *kernel.shape[axis + 1 :])
+        return xp.zeros(shape, dtype=kernel.dtype, device=device_of(kernel))
+
+    # The grid from position 0 up: runs of zeros, then the taps landing on each reached position.
+    parts, filled = [], 0
+    for position in sorted(landing):
+        if position > filled:
+            parts.append(zeros(position - filled))
+        total = taps(landing[position][0], landing[position][0] + 1)
+        for p in landing[position][1:]:
+            total = total + taps(p, p + 1)
+        parts.append(total)
+        filled = position + 1
+    if filled < n:
+        parts.append(zeros(n - filled))
+    return xp.concat(parts, axis=axis) if len(parts) > 1 else parts[0]
 
 
 def grouped(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
@@ -74,7 +100,7 @@ def ungrouped(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
 
 def transfer_matrices(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
     """The ``(*grid, G, in/G, out/G)`` matrices ``T[f]`` of a spatial-first kernel (stride 1), by FFT."""
-    spread = fold(dilate(kernel, spec.dilation, xp), spec.grid, xp)
+    spread = fold(kernel, spec.grid, xp, spec.dilation)
     spread = xp.astype(grouped(spread, spec, xp), complex_dtype(xp, kernel.dtype))
     # norm="forward" leaves the inverse transform unscaled: exactly sum_p K[p] e^{+2 pi i f p / n}.
     return xp.fft.ifftn(spread, axes=tuple(range(spec.ndim)), norm="forward")
@@ -109,8 +135,7 @@ def row_weights(rows: range, spec: ConvSpec, real: bool, like: Array, xp: Namesp
 
 def partial_transfer(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
     """The kernel transformed along every spatial axis but the first: ``(k_1, *grid[1:], G, in/G, out/G)``."""
-    rest = (1, *spec.dilation[1:])
-    spread = fold(dilate(kernel, rest, xp), (kernel.shape[0], *spec.grid[1:]), xp)
+    spread = fold(kernel, (kernel.shape[0], *spec.grid[1:]), xp, (1, *spec.dilation[1:]))
     spread = xp.astype(grouped(spread, spec, xp), complex_dtype(xp, kernel.dtype))
     if spec.ndim == 1:
         return spread
@@ -131,7 +156,7 @@ def _first_axis_phases(
     freqs = xp.reshape(
         xp.arange(s, device=device)[:, None] * m + xp.arange(rows.start, rows.stop, device=device), (-1,)
     )
-    positions = xp.arange(taps, device=device) * spacing
+    positions = (xp.arange(taps, device=device) * (spacing % n)) % n  # reduced: no overflow for any dilation
     # Reduce modulo n in integers, so the angles are exact before the float multiply.
     turns = (freqs[:, None] * positions[None, :]) % n
     angle = xp.astype(turns, xp.real(like).dtype) * (2 * math.pi / n)
@@ -196,19 +221,36 @@ def row_chunks(
     if chunk_size is not None:
         step = min(step, max(1, chunk_size // per_row))
     if max_memory is not None:
-        # The transformed rows, their blocks, and the decomposition's copy and workspace.
-        row_bytes = 4 * per_row * spec.phases * spec.in_channels * spec.group_out * itemsize
-        step = min(step, max(1, max_memory // row_bytes))
+        step = min(step, max(1, max_memory // (_row_entries(spec) * itemsize)))
     return [range(a, min(a + step, rows)) for a in range(0, rows, step)]
+
+
+def _row_entries(spec: ConvSpec) -> int:
+    """One row's transformed taps, its blocks, and the decomposition's copy and workspace."""
+    return 4 * math.prod(spec.freq_grid[1:]) * spec.phases * spec.in_channels * spec.group_out
+
+
+def unchunked_bytes(spec: ConvSpec, itemsize: int) -> int:
+    """What no ``max_memory`` shrinks: :func:`partial_transfer` (and its fold) and one row of blocks.
+
+    ``itemsize`` is the complex dtype's.
+    """
+    partial = 2 * spec.kernel_size[0] * math.prod(spec.grid[1:]) * spec.group_in * spec.out_channels
+    return (partial + _row_entries(spec)) * itemsize
 
 
 def blocks_by_rows(
     kernel: Array, spec: ConvSpec, xp: Namespace, chunk_size: int | None, max_memory: int | None
 ) -> Iterator[tuple[range, Array]]:
-    """``(rows, blocks)`` chunk by chunk over the rows that determine the spectrum (half, if real)."""
+    """``(rows, blocks)`` chunk by chunk over the rows that determine the spectrum (half, if real).
+
+    What the chunks cannot shrink (:func:`unchunked_bytes`) is checked
+    first, against :func:`~convsv._limits.check_memory`'s limit.
+    """
     real = not xp.isdtype(kernel.dtype, "complex floating")
+    itemsize = 16 if kernel.dtype in (xp.float64, xp.complex128) else 8
+    check_memory(unchunked_bytes(spec, itemsize), max_memory, "one row of the frequency matrices", spec)
     partial = partial_transfer(kernel, spec, xp)
-    itemsize = 8 if partial.dtype == xp.complex64 else 16
     for rows in row_chunks(spec, real, itemsize, chunk_size, max_memory):
         yield rows, row_blocks(partial, rows, spec, xp)
 
@@ -226,6 +268,58 @@ def mirror_rows(values: Array, spec: ConvSpec, xp: Namespace) -> Array:
     for axis, size in enumerate(spec.freq_grid[1:], start=1):
         rest = xp.take(rest, (size - xp.arange(size, device=device)) % size, axis=axis)
     return xp.concat([values, rest], axis=0)
+
+
+# --- conjugate pairs within a self-conjugate row ------------------------------
+#
+# A real kernel's half spectrum stands for row -g by row g, except where
+# g = -g (mod m): rows 0 and m/2, which hold both blocks of every pair
+# (g, v), (g, -v) themselves, and the frequencies with v = -v, whose blocks
+# are their own mirror. Their block at -f is ``P conj(A[f])``, ``P`` a
+# permutation of the stride phases.
+
+
+def self_conjugate_rows(rows: range, spec: ConvSpec) -> list[int]:
+    """Offsets within ``rows`` of the first-axis rows ``g`` with ``2 g = 0`` mod ``m``: 0 and ``m / 2``."""
+    m = spec.freq_grid[0]
+    return [i for i, g in enumerate(rows) if (2 * g) % m == 0]
+
+
+def mirror_row(values: Array, spec: ConvSpec, xp: Namespace) -> Array:
+    """One row's per-frequency values ``(*freq_grid[1:], ...)`` at ``-v``: ``values[(-v) mod m]``."""
+    for axis in range(spec.ndim - 1):
+        values = xp.roll(xp.flip(values, axis=axis), 1, axis=axis)
+    return values
+
+
+def conjugate_phases(blocks: Array, zero_row: bool, spec: ConvSpec, xp: Namespace) -> Array:
+    """``P A``: a self-conjugate row's blocks ``(*lead, G, phases in/G, out/G)`` with the phases permuted.
+
+    Row ``j`` of a block holds input frequency ``g + j m`` (per axis, the
+    phase axes in C order); ``-(g + j m)`` is row ``-j mod s`` of ``-g`` when
+    ``g = 0``, else row ``s - 1 - j``. So ``conj(A[-f]) = P A[f]``. ``zero_row``
+    says whether the row is ``g = 0``; on the other axes index 0 of ``lead``
+    is frequency 0 and every other index a non-zero one (a full row, or its
+    self-conjugate frequencies ``(0, m / 2)``). ``P`` is a symmetric permutation.
+    """
+    if spec.phases == 1:
+        return blocks
+    lead = blocks.shape[:-3]
+    x = xp.reshape(blocks, (*lead, spec.groups, *spec.stride, spec.group_in, blocks.shape[-1]))
+    for a, s in enumerate(spec.stride):
+        if s == 1:
+            continue
+        axis = len(lead) + 1 + a
+        flipped = xp.flip(x, axis=axis)  # j -> s - 1 - j
+        negated = xp.roll(flipped, 1, axis=axis)  # j -> -j mod s
+        if a == 0:
+            x = negated if zero_row else flipped
+        else:
+            size = lead[a - 1]
+            zero = xp.arange(size, device=device_of(x)) == 0
+            zero = xp.reshape(zero, (*(1,) * (a - 1), size, *(1,) * (x.ndim - a)))
+            x = xp.where(zero, negated, flipped)
+    return xp.reshape(x, blocks.shape)
 
 
 def to_blocks(matrices: Array, spec: ConvSpec, xp: Namespace) -> Array:
@@ -389,42 +483,86 @@ def gram_iteration_bounds(
 
 
 def power_iteration_norm(matrices: Array, tol: float, steps: int, xp: Namespace) -> Array:
-    """The largest singular value of a batch, estimated from below by batched power iteration.
+    """The largest singular value of a batch, estimated from below by power iteration on each matrix.
 
-    Each step applies ``A^H A`` (or ``A A^H``, the smaller) to one vector per
-    matrix without forming it; the estimate is the largest Rayleigh
-    quotient, and the iteration stops once it moves by at most ``tol``
-    (relative) in a step: a heuristic, not a certificate.
+    Each step applies ``G = A^H A`` (or ``A A^H``, the smaller) to one unit
+    vector per matrix without forming ``G``; ``||G v||`` is that matrix's
+    estimate of ``sigma_max^2``: never above it (up to round-off), and
+    rising step by step. The start vectors are pseudo-random and differ from
+    matrix to matrix, so a structure shared by the blocks cannot make them
+    all miss their top singular vectors.
+
+    A matrix has settled once its last step raised its estimate by at most
+    ``tol`` (relative) *and* the rest of its climb, extrapolated as a
+    geometric series with the larger of its last two ratios of rises, is at
+    most ``tol`` too; a slowly converging matrix (close top singular values)
+    rises little per step and does not settle on that alone. It is dropped
+    once the certified bound ``sigma_max^2 <= min(||A||_F^2, ||A||_1
+    ||A||_inf)`` is at most ``(1 + tol)`` times the best estimate. The loop
+    stops when every matrix has settled or been dropped, or after ``steps``
+    applications of ``G``; every matrix steps on until then.
+
+    What this guarantees: the result is at most the true value (up to
+    round-off), and when the loop stops before ``steps`` every matrix
+    looked converged to within ``tol`` in ``sigma^2`` (``tol / 2`` in
+    ``sigma``). What it does not: the extrapolation is a heuristic. It can
+    be off while several singular values still drive the climb or when the
+    rises are at round-off level (float32), and a start vector with almost
+    no component along a matrix's top singular vector can settle on a lower
+    one before that component has grown (rare with pseudo-random starts, but
+    not excluded: only the dense methods are exact). With ``tol = 0`` a
+    matrix settles only when its estimate stops changing.
     """
     finite, safe = finite_or_zero(matrices, xp)
     r, c = safe.shape[-2:]
+    batch = safe.shape[:-2]
     adjoint = xp.conj(xp.matrix_transpose(safe))
     first, second = (safe, adjoint) if c <= r else (adjoint, safe)
     size = min(r, c)
+    real = xp.real(safe).dtype
     device = device_of(safe)
-    start = start_vector(size, xp.real(safe).dtype, xp, device)
-    vectors = xp.astype(
-        xp.broadcast_to(xp.reshape(start, (size, 1)), (*safe.shape[:-2], size, 1)), safe.dtype
+    # sigma_max <= ||A||_F and <= sqrt(||A||_1 ||A||_inf) (Hoelder): a certified bound on each G's top.
+    magnitude = xp.abs(safe)
+    ceiling = xp.minimum(
+        xp.sum(magnitude**2, axis=(-2, -1)),
+        xp.max(xp.sum(magnitude, axis=-2), axis=-1) * xp.max(xp.sum(magnitude, axis=-1), axis=-1),
     )
+    # One pseudo-random start per matrix (a shared one can miss a structured block's top vector).
+    count = math.prod(batch) * size
+    noise = start_vector(2 * count if safe.dtype != real else count, real, xp, device)
+    v = xp.astype(noise[:count], safe.dtype)
+    if safe.dtype != real:
+        v = v + 1j * xp.astype(noise[count:], safe.dtype)
+    v = xp.reshape(v, (*batch, size, 1)) if size > 1 else xp.ones_like(first[..., :1, :1])  # 1 x 1: any v
 
     def apply(v: Array) -> tuple[Array, Array]:
         image = second @ (first @ v)
-        value = xp.max(xp.real(xp.sum(xp.conj(v) * image, axis=(-2, -1))))
-        norm = xp.linalg.vector_norm(image, axis=(-2, -1), keepdims=True)
-        tiny = xp.finfo(norm.dtype).smallest_normal
-        return image / xp.astype(xp.clip(norm, min=tiny), image.dtype), value
+        norm = xp.linalg.vector_norm(image, axis=(-2, -1))  # ||G v||, v a unit vector
+        tiny = xp.finfo(real).smallest_normal
+        return image / xp.astype(xp.clip(norm, min=tiny), image.dtype)[..., None, None], norm
 
-    def step(state: tuple[Array, Array, Array, Array]) -> tuple[Array, Array, Array, Array]:
-        v, value, t, _ = state
-        v, new = apply(v)
-        return v, new, t + 1, xp.abs(new - value) <= tol * new
+    # State: unit vectors, estimates of sigma^2, their last two rises, which still count, steps taken.
+    def step(state: tuple[Array, ...]) -> tuple[Array, ...]:
+        v, value, rise, earlier, active, t = state
+        w, new = apply(v)
+        latest = xp.abs(new - value)
+        # Relative rises (no overflow from squaring). A geometric climb with ratio q has latest q / (1 - q)
+        # left: at most tol for q = latest / rise and for q = rise / earlier, in product form.
+        scale = xp.clip(new, min=xp.finfo(real).smallest_normal)
+        a, b, c = latest / scale, rise / scale, earlier / scale
+        settled = (a <= tol) & (a * a <= tol * (b - a)) & (a * b <= tol * (c - b))
+        # Every matrix steps on (the batched product costs the same): a settled one can only gain.
+        dropped = ceiling <= (1 + tol) * xp.max(new)
+        return w, new, latest, rise, active & ~settled & ~dropped, t + 1
 
-    def more(state: tuple[Array, Array, Array, Array]) -> Array:
-        return (state[2] < steps) & ~state[3]
+    def more(state: tuple[Array, ...]) -> Array:
+        return (state[5] < steps) & xp.any(state[4])
 
-    v, value = apply(vectors)
-    state = while_loop(more, step, (v, value, xp.asarray(1, device=device), xp.asarray(False, device=device)))
-    value = xp.sqrt(xp.clip(state[1], min=0))
+    v, value = apply(v / xp.astype(xp.linalg.vector_norm(v, axis=(-2, -1), keepdims=True), v.dtype))
+    zero = xp.zeros_like(value)  # no rises yet: the first two steps cannot settle unless nothing moves
+    active = ceiling > (1 + tol) * xp.max(value)
+    state = while_loop(more, step, (v, value, zero, zero, active, xp.asarray(1, device=device)))
+    value = xp.sqrt(xp.max(state[1]))
     return xp.where(xp.all(finite), value, xp.full_like(value, float("nan")))
 
 

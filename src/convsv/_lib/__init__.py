@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 
 import array_api_compat
 
+from .._checks import namespace
+
 Array = Any
 Namespace = Any
 State = TypeVar("State", bound=tuple[Any, ...])
@@ -57,8 +59,9 @@ def namespace_of(kernel: object, xp: Namespace | None, *, name: str = "kernel") 
     nested lists work); the namespace returned is always the
     ``array_api_compat`` wrapper, whatever module the caller passed.
     """
-    if xp is not None:
-        kernel = xp.asarray(kernel)
+    checked = namespace(xp)
+    if checked is not None:
+        kernel = checked.asarray(kernel)
     if not array_api_compat.is_array_api_obj(kernel) or isinstance(kernel, (bool, int, float, complex)):
         msg = (
             f"`{name}` must be an array (NumPy, PyTorch, JAX, CuPy or another array-API "
@@ -156,11 +159,11 @@ def compiled_for_jax(func: F) -> F:
 
 
 def _frozen(value: Any) -> Any:
-    """Lists (and NumPy arrays of sizes) as tuples, so that they can be static arguments."""
+    """Lists (and NumPy arrays of sizes) as tuples, 0-d NumPy arrays as scalars: static arguments."""
     if isinstance(value, (list, tuple)):
         return tuple(_frozen(v) for v in value)
-    if array_api_compat.is_numpy_array(value) and value.ndim:
-        return tuple(_frozen(v) for v in value.tolist())
+    if array_api_compat.is_numpy_array(value):
+        return tuple(_frozen(v) for v in value.tolist()) if value.ndim else value.item()
     return value
 
 
@@ -226,6 +229,24 @@ def stop_gradient(x: Array) -> Array:
 
         return jax.lax.stop_gradient(x)
     return x
+
+
+def unit_scale(x: Array, xp: Namespace) -> tuple[Array, Array]:
+    """``(x / s, s)`` with ``s`` the power of two at or just below ``max |x|``, outside autodiff.
+
+    Everything that squares a kernel's entries (Gram matrices, vector norms,
+    Rayleigh quotients) overflows or underflows far inside the dtype's range;
+    on ``x / s``, whose largest entry is in ``[1, 2)``, it cannot. Every norm
+    and projection is homogeneous, so results scale back by ``s``: exactly,
+    as ``s`` is a power of two. ``s`` is 1 for a zero or non-finite ``x``
+    (NaN then propagates as before). Taken outside autodiff, it leaves the
+    gradients unchanged (a homogeneous function's derivative is invariant).
+    """
+    largest = stop_gradient(xp.max(xp.abs(x)))
+    usable = xp.isfinite(largest) & (largest > 0)
+    safe = xp.where(usable, largest, xp.ones_like(largest))
+    scale = xp.where(usable, 2.0 ** xp.floor(xp.log2(safe)), xp.ones_like(safe))
+    return x / xp.astype(scale, x.dtype), scale
 
 
 def pad_axis(x: Array, axis: int, before: int, after: int, xp: Namespace) -> Array:
@@ -402,6 +423,7 @@ def framework_convolution(
     groups: int,
     pads: tuple[tuple[int, int], ...],
     input_shape: tuple[int, ...],
+    output_shape: tuple[int, ...] | None = None,
 ) -> Convolution | None:
     """The zero-padded convolution and its adjoint by the array's own framework, or None.
 
@@ -410,7 +432,9 @@ def framework_convolution(
     ``input_shape`` map to the output, ``adjoint`` back (the conjugate
     transpose). PyTorch and JAX have convolutions that beat any array-API
     composition (cuDNN, oneDNN, XLA); other libraries get None and the
-    caller composes the convolution itself.
+    caller composes the convolution itself. With ``output_shape`` smaller
+    than the convolution's own output (a transposed layer whose
+    ``output_padding`` is at least its stride), only those first outputs are kept.
     """
     spans = [(k - 1) * d + 1 for k, d in zip(weight.shape[2:], dilation, strict=True)]
     outputs = [
@@ -449,7 +473,7 @@ def framework_convolution(
                 return conv_t(y, adjoint_weight, padding=symmetric, **options)
             return conv_t(y, adjoint_weight, **options)[crop]
 
-        return torch_forward, torch_adjoint
+        return _first_outputs((torch_forward, torch_adjoint), outputs, output_shape)
     if array_api_compat.is_jax_array(weight):
         import jax
         from jax import lax
@@ -498,5 +522,24 @@ def framework_convolution(
                 precision=lax.Precision.HIGHEST,
             )
 
-        return jax_forward, jax_adjoint
+        return _first_outputs((jax_forward, jax_adjoint), outputs, output_shape)
     return None
+
+
+def _first_outputs(pair: Convolution, outputs: list[int], kept: tuple[int, ...] | None) -> Convolution:
+    """The convolution restricted to its first ``kept`` outputs, and its adjoint (zeros for the others)."""
+    forward, adjoint = pair
+    if kept is None or tuple(kept) == tuple(outputs):
+        return pair
+    window = (slice(None), slice(None), *(slice(0, m) for m in kept))
+
+    def kept_forward(x: Array) -> Array:
+        return forward(x)[window]
+
+    def kept_adjoint(y: Array) -> Array:
+        xp = array_api_compat.array_namespace(y)
+        for axis, (m, n) in enumerate(zip(kept, outputs, strict=True), start=2):
+            y = pad_axis(y, axis, 0, n - m, xp)
+        return adjoint(y)
+
+    return kept_forward, kept_adjoint
