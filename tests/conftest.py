@@ -190,6 +190,16 @@ def require(module: str) -> Any:
         pytest.skip(f"{module} is not installed")
 
 
+def one_in(every: int, index: int, backend: Backend) -> None:
+    """Run only every ``every``-th case of a many-layer test on JAX, which compiles each layer afresh.
+
+    A second or more per layer and backend (jax and jax-x64): the other
+    backends run every case, and JAX a spread sample of them, each as strict.
+    """
+    if backend.name.startswith("jax") and index % every:
+        pytest.skip(f"JAX runs one case in {every} of this test (each layer compiles for seconds)")
+
+
 # CI runs with HYPOTHESIS_PROFILE=ci: the same examples every run, no example database.
 hypothesis.settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

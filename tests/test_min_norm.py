@@ -16,6 +16,7 @@ import pytest
 import convsv
 
 from _reference import dense_clip, general_dense
+from conftest import one_in
 
 LAYOUTS = {1: "WIO", 2: "HWIO", 3: "DHWIO"}
 MAX_NORM, MIN_NORM = 1.5, 0.7
@@ -139,6 +140,7 @@ def test_issue_reproducer(backend):
 
 @pytest.mark.parametrize(("name", "kernel", "input_shape", "kwargs"), CASES, ids=[c[0] for c in CASES])
 def test_clip_singular_values_meets_both_bounds(backend, name, kernel, input_shape, kwargs):
+    one_in(4, [c[0] for c in CASES].index(name), backend)
     dtype = backend.default_float
     layer = _layer(kernel, input_shape, kwargs)
     real = _clip_full(backend, kernel, input_shape, kwargs, dtype)
@@ -233,6 +235,7 @@ REACHED = {"2d-zero-kernel", "2d-rank-one-stride2", "1d-groups-stride2", "2d-dil
 def test_clip_operator_norm_meets_both_bounds_when_converged(
     backend, method, name, kernel, input_shape, kwargs
 ):
+    one_in(2, [c[0] for c in CASES].index(name), backend)
     dtype = backend.default_float
     tol = 1e-7 if dtype == "float64" else 1e-4
     layer = _layer(kernel, input_shape, kwargs)

@@ -208,7 +208,8 @@ def _clip_self_conjugate_row(
     lead = spec.freq_grid[1:]
     # The frequencies with v = -v: 0 and m / 2 on each axis.
     picks = tuple(slice(0, m, m // 2) if m % 2 == 0 else slice(0, 1) for m in lead)
-    own = blocks[picks + (Ellipsis,)]
+    index = (*picks, Ellipsis)
+    own = blocks[index]
     real, _ = _clip_by_svd(xp.real(own) + xp.imag(own), max_norm, min_norm, xp)
     real = xp.astype(real, clipped.dtype)
     own = ((1 + 1j) * real + (1 - 1j) * conjugate_phases(real, zero_row, spec, xp)) / 2
