@@ -34,8 +34,7 @@ from . import truth
 from .configs import ALL_DTYPES, METHODS, Config, draw
 
 CHUNK = 25  # configurations per test item (items spread over the xdist workers)
-# A tenth of --examples on array_api_strict, a twentieth on JAX (each new layer compiles).
-SLOW = {"array_api_strict": 10, "jax": 20, "jax-x64": 20, "jax-gpu": 20}
+SLOW = {"array_api_strict": 10, "jax": 10, "jax-x64": 10, "jax-gpu": 10}  # a tenth of --examples
 # Round-off allowed, relative to the layer's norm.
 RTOL = {"single": 1e-4, "double": 1e-9}
 # convsv's default stopping tolerance (gram, power, Lanczos).
