@@ -32,6 +32,7 @@ from ._lib import (
     put_rows,
     start_vector,
     stop_gradient,
+    unit_scale,
     while_loop,
     wider_dtype,
 )
@@ -714,9 +715,7 @@ def padded_values(
     finite = xp.all(xp.isfinite(kernel))
     kernel = xp.where(finite, kernel, xp.zeros_like(kernel))
     detached = stop_gradient(kernel)
-    scale = xp.max(xp.abs(detached))
-    scale = xp.where(scale > 0, scale, xp.ones_like(scale))
-    unit = detached / xp.astype(scale, detached.dtype)
+    unit, _ = unit_scale(detached, xp)
     scaled = PaddedLayer(unit, spec, xp, max_memory)
     if count is None:
         wide = wider_dtype(unit.dtype, xp, device_of(unit))
