@@ -50,8 +50,8 @@ TEST_ENV = {"CONVSV_REQUIRE_BACKENDS": "1", "HYPOTHESIS_PROFILE": "ci", **THREAD
 CORE_TESTS = ["--ignore=tests/adapters", "--ignore=tests/experiments"]
 
 
-def _core(session: nox.Session, backends: list[str]) -> None:
-    env = {**TEST_ENV, "CONVSV_BACKENDS": ",".join(backends)}
+def _core(session: nox.Session, backends: list[str], **extra: str) -> None:
+    env = {**TEST_ENV, "CONVSV_BACKENDS": ",".join(backends), **extra}
     session.run("pytest", "-n", "2", *CORE_TESTS, *session.posargs, env=env)
 
 
@@ -137,9 +137,12 @@ def core(session: nox.Session) -> None:
 @nox.session(default=False)
 @nox.parametrize("name", list(BACKENDS))
 def backend(session: nox.Session, name: str) -> None:
-    """The core test suite on one CPU backend (the tests of the others are deselected)."""
+    """The core test suite on one CPU backend (the tests of the others are deselected).
+
+    On jax every case runs in both precisions (``tests`` runs about half of them in float32).
+    """
     session.install(*BACKENDS[name], "-e", ".[test]")
-    _core(session, [name])
+    _core(session, [name], CONVSV_JAX_EVERY_CASE="1")
 
 
 def _adapter_session(name: str) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -150,21 +151,41 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         yield b
 
 
+def _every_other_jax_float32_case(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The cases a test runs on jax-x64 but not on float32 jax: every second one of each test.
+
+    Each new layer compiles for about a second per JAX variant, and JAX is most
+    of the suite's time; jax-x64 runs every case, float32 jax every other one
+    (a test with one case keeps it). ``CONVSV_JAX_EVERY_CASE=1`` runs them all.
+    """
+    if os.environ.get("CONVSV_JAX_EVERY_CASE") == "1":
+        return []
+    cases: dict[tuple[str, str], list[pytest.Item]] = {}
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("backend") == "jax":
+            cases.setdefault((item.path.as_posix(), item.originalname), []).append(item)
+    # Half by a hash of the case's name, not by position: with two-valued parameters, alternate
+    # positions would drop the same value of one parameter every time.
+    return [item for group in cases.values() for item in group[1:] if zlib.crc32(item.name.encode()) % 2]
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the backends that ``CONVSV_BACKENDS`` leaves out.
+    """Deselect the backends that ``CONVSV_BACKENDS`` leaves out, and half the float32 JAX cases.
 
     A test runs on a backend through the ``backend`` fixture, or through a
     ``@pytest.mark.backend("torch")`` marker when it uses one library
     directly; unmarked tests without the fixture run in every selection.
     """
     keep, drop = [], []
+    halved = {id(item) for item in _every_other_jax_float32_case(items)}
     for item in items:
         callspec = getattr(item, "callspec", None)
         name = callspec.params.get("backend") if callspec is not None else None
         marker = item.get_closest_marker("backend")
         if name is None and marker is not None:
             name = marker.args[0]
-        (keep if name is None or _selected(name) else drop).append(item)
+        (keep if (name is None or _selected(name)) and id(item) not in halved else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep

@@ -25,9 +25,17 @@ SCALES = {"random": 1.0, "scaled-up": 4.0}
 TARGETS = [("alternating", 1e-3), ("extrapolated", 1e-6)]
 
 
-@pytest.mark.parametrize(("method", "tol"), TARGETS, ids=[m for m, _ in TARGETS])
-@pytest.mark.parametrize("scale", list(SCALES))
-@pytest.mark.parametrize(("channels", "size"), LAYERS, ids=[f"{c}ch-{n}x{n}" for c, n in LAYERS])
+# The paper's pair takes 10-20 s a layer here, so it runs on the He-initialised layers only.
+CASES = [
+    pytest.param(channels, size, scale, method, tol, id=f"{channels}ch-{size}x{size}-{scale}-{method}")
+    for channels, size in LAYERS
+    for scale in SCALES
+    for method, tol in TARGETS
+    if method != "alternating" or scale == "random"
+]
+
+
+@pytest.mark.parametrize(("channels", "size", "scale", "method", "tol"), CASES)
 def test_reaches_the_bound(channels, size, scale, method, tol, record_property):
     rng = np.random.default_rng(channels * size)
     kernel = rng.standard_normal((3, 3, channels, channels)) * np.sqrt(2 / (9 * channels)) * SCALES[scale]

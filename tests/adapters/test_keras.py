@@ -427,16 +427,18 @@ def train(data, route, steps=STEPS):
     return model, accuracy, callbacks
 
 
-@pytest.mark.parametrize("route", ["constraint", "callback"])
-def test_digits_training_with_the_bound(data, route):
-    _, accuracy, callbacks = train(data, route)
+# The constraint projects after every step (the tight zero-padded projection, about a second a
+# step here), so it trains for half the steps; it still passes the same accuracy.
+@pytest.mark.parametrize(("route", "steps"), [("constraint", STEPS // 2), ("callback", STEPS)])
+def test_digits_training_with_the_bound(data, route, steps):
+    _, accuracy, callbacks = train(data, route, steps)
     checker = callbacks[-1]
-    assert [step for step, _ in checker.seen] == list(range(EVERY, STEPS + 1, EVERY))
+    assert [step for step, _ in checker.seen] == list(range(EVERY, steps + 1, EVERY))
     for step, norms in checker.seen:
         for name, norm in norms.items():
             assert norm <= MAX_NORM * (1 + TOL), (step, name, norm)
     if route == "callback":
-        assert callbacks[0].steps == STEPS
+        assert callbacks[0].steps == steps
         assert [r.name for r in callbacks[0].last_report] == ["conv", "down", "depthwise"]
     assert accuracy > 0.6
 
