@@ -184,8 +184,9 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/run.py", *session.posargs)
 
 
-# The random campaign's full run: 10,000 configurations on NumPy and PyTorch, a tenth of that on
-# array_api_strict and JAX (tests/fuzz/test_campaign.py); the summary is the table docs/accuracy.md shows.
+# The random campaign's full run: 10,000 configurations on NumPy and PyTorch, 1,000 on array_api_strict
+# and JAX x64, 100 on float32 JAX (tests/fuzz/test_campaign.py); the summary is the table
+# docs/accuracy.md shows.
 FUZZ_EXAMPLES = "10000"
 FUZZ_SUMMARY = "docs/accuracy-results.json"
 

@@ -234,9 +234,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         type=int,
         default=int(os.environ.get("CONVSV_FUZZ_EXAMPLES", "40")),
         help="configurations per backend on NumPy and PyTorch, a tenth on array_api_strict and JAX "
-        "(default $CONVSV_FUZZ_EXAMPLES or 40)",
+        "x64, a hundredth on float32 JAX (default $CONVSV_FUZZ_EXAMPLES or 40)",
     )
     group.addoption("--fuzz-seed", type=int, default=20190101, help="the campaign's seed (default 20190101)")
+    group.addoption(
+        "--fuzz-part",
+        default=None,
+        metavar="K/N",
+        help="run part K of N of the campaign (its configurations split evenly, 1 <= K <= N); "
+        "python tests/fuzz/summary.py combines the parts' summaries",
+    )
     group.addoption(
         "--fuzz-summary",
         default=os.environ.get("CONVSV_FUZZ_SUMMARY"),

@@ -6,7 +6,9 @@ property (these travel from xdist workers to the controller);
 which merges them, prints the table (one line per backend unless ``-v``) and,
 with ``--fuzz-summary PATH`` (or
 ``CONVSV_FUZZ_SUMMARY``), writes it as JSON to ``PATH`` and as a Markdown
-table to ``PATH`` with the suffix ``.md``.
+table to ``PATH`` with the suffix ``.md``. A campaign run in parts
+(``--fuzz-part K/N``) is put together by running this file:
+``python tests/fuzz/summary.py OUT.json PART1.json ... PARTN.json``.
 """
 
 from __future__ import annotations
@@ -28,18 +30,34 @@ def merge(reports: list[Any]) -> dict[str, Any]:
             item = json.loads(value)
             backend = backends.setdefault(item["backend"], {"configs": 0, "stats": {}})
             backend["configs"] += item["configs"]
-            for key, entry in item["stats"].items():
-                total = backend["stats"].setdefault(key, dict.fromkeys(entry, 0))
-                for count in ("count", "failures", "exceptions"):
-                    total[count] += entry[count]
-                total["worst"] = max(total["worst"], entry["worst"])
-                total["ratio"] = max(total["ratio"], entry["ratio"])
+            add_stats(backend["stats"], item["stats"])
     return backends
 
 
+def add_stats(total: dict[str, Any], stats: dict[str, Any]) -> None:
+    """Add the counts of ``stats`` (per ``quantity|precision``) into ``total``; keep the worst errors."""
+    for key, entry in stats.items():
+        into = total.setdefault(key, dict.fromkeys(entry, 0))
+        for count in ("count", "failures", "exceptions"):
+            into[count] += entry[count]
+        into["worst"] = max(into["worst"], entry["worst"])
+        into["ratio"] = max(into["ratio"], entry["ratio"])
+
+
 def markdown(summary: dict[str, Any]) -> str:
+    parts = summary.get("parts")
+    if parts is None:  # one run
+        run = f"seed {summary['seed']}, `--examples {summary['examples']}`"
+        head = [f"Command: `{summary['command']}` ({run})"]
+    else:
+        head = [
+            f"Seed {summary['seed']}, `--examples {summary['examples']}`, in {len(parts)} parts, "
+            "combined with `python tests/fuzz/summary.py`:",
+            "",
+            *(f"- `{p['command']}` ({p['machine']}, Python {p['python']})" for p in parts),
+        ]
     lines = [
-        f"Command: `{summary['command']}` (seed {summary['seed']}, `--examples {summary['examples']}`)",
+        *head,
         "",
         "| backend | configurations | failures | of which exceptions |",
         "| --- | ---: | ---: | ---: |",
@@ -78,6 +96,7 @@ def report(terminalreporter: Any) -> None:
         "command": " ".join(["pytest", *config.invocation_params.args]),
         "seed": config.getoption("--fuzz-seed"),
         "examples": config.getoption("--examples"),
+        "part": config.getoption("--fuzz-part") or "1/1",
         "python": sys.version.split()[0],
         "machine": platform.platform(),
         "backends": backends,
@@ -95,8 +114,67 @@ def report(terminalreporter: Any) -> None:
                 f"({backend['exceptions']} exceptions)"
             )
     if path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        path.with_suffix(".md").write_text(text, encoding="utf-8")
-        terminalreporter.write_line(f"fuzz summary written to {path} and {path.with_suffix('.md')}")
+        write(summary, Path(path))
+        terminalreporter.write_line(f"fuzz summary written to {path} and {Path(path).with_suffix('.md')}")
+
+
+def write(summary: dict[str, Any], path: Path) -> None:
+    """The summary as JSON to ``path`` and as the Markdown table beside it (suffix ``.md``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    path.with_suffix(".md").write_text(markdown(summary), encoding="utf-8")
+
+
+def combine(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary from the summaries of ``--fuzz-part 1/N`` ... ``N/N`` of one campaign.
+
+    Refuses parts of different campaigns (seed, ``--examples``, ``N``), a part
+    given twice, and a missing part: the result claims the whole campaign.
+    """
+    first = parts[0]
+    n = int(first["part"].split("/")[1])
+    for p in parts:
+        if (p["seed"], p["examples"], p["part"].split("/")[1]) != (first["seed"], first["examples"], str(n)):
+            msg = f"part {p['part']} ({p['command']}) is not of the campaign of {first['command']}"
+            raise ValueError(msg)
+    have = sorted(int(p["part"].split("/")[0]) for p in parts)
+    if have != list(range(1, n + 1)):
+        msg = f"parts {have} of {n}: every part from 1 to {n} is needed, each once"
+        raise ValueError(msg)
+    backends: dict[str, Any] = {}
+    for p in parts:
+        for name, backend in p["backends"].items():
+            total = backends.setdefault(name, {"configs": 0, "failures": 0, "exceptions": 0, "stats": {}})
+            for count in ("configs", "failures", "exceptions"):
+                total[count] += backend[count]
+            add_stats(total["stats"], backend["stats"])
+    keep = ("command", "part", "python", "machine")
+    ordered = sorted(parts, key=lambda p: int(p["part"].split("/")[0]))
+    return {
+        "seed": first["seed"],
+        "examples": first["examples"],
+        "parts": [{k: p[k] for k in keep} for p in ordered],
+        "backends": dict(sorted(backends.items())),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python tests/fuzz/summary.py OUT.json PART.json ...``: combine the parts' summaries."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=combine.__doc__.splitlines()[0])
+    parser.add_argument("out", type=Path, help="the combined summary (JSON; the table goes beside it)")
+    parser.add_argument("parts", type=Path, nargs="+", help="the parts' --fuzz-summary files")
+    args = parser.parse_args(argv)
+    try:
+        summary = combine([json.loads(p.read_text(encoding="utf-8")) for p in args.parts])
+    except ValueError as exc:
+        parser.error(str(exc))
+    write(summary, args.out)
+    for name, backend in summary["backends"].items():
+        print(f"{name}: {backend['configs']} configurations, {backend['failures']} failures")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

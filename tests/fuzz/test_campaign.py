@@ -12,8 +12,9 @@ outside its tolerance; a chunk reports all of its failures with the line
 that redraws the configuration.
 
 ``--examples N`` configurations per backend on NumPy and PyTorch, ``N / 10``
-(at least one) on array_api_strict and JAX, whose calls cost more (JAX
-compiles each new layer); there, each circular configuration runs one of the
+(at least one) on array_api_strict and JAX with x64, whose calls cost more
+(JAX compiles each new layer), and ``N / 100`` on float32 JAX (the x64
+variant's code in single precision, at the same compile cost); there, each circular configuration runs one of the
 ``operator_norm`` methods in turn rather than all five. ``--fuzz-seed`` picks another campaign and
 ``--fuzz-summary PATH`` writes the counts and worst errors (``summary.py``).
 """
@@ -34,7 +35,8 @@ from . import truth
 from .configs import ALL_DTYPES, METHODS, Config, draw
 
 CHUNK = 25  # configurations per test item (items spread over the xdist workers)
-SLOW = {"array_api_strict": 10, "jax": 10, "jax-x64": 10, "jax-gpu": 10}  # a tenth of --examples
+# The share of --examples on the backends whose calls cost more (see the module's docstring).
+SLOW = {"array_api_strict": 10, "jax": 100, "jax-x64": 10, "jax-gpu": 10}
 # Round-off allowed, relative to the layer's norm.
 RTOL = {"single": 1e-4, "double": 1e-9}
 # convsv's default stopping tolerance (gram, power, Lanczos).
@@ -52,10 +54,27 @@ def examples_for(config: pytest.Config, backend_name: str) -> int:
     return max(1, examples // SLOW[backend_name]) if backend_name in SLOW else examples
 
 
+def part(config: pytest.Config) -> tuple[int, int]:
+    """``--fuzz-part K/N`` as ``(K, N)``; ``(1, 1)``, the whole campaign, without it."""
+    value = config.getoption("--fuzz-part")
+    if value is None:
+        return 1, 1
+    try:
+        k, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        msg = f"--fuzz-part must be K/N, e.g. 2/3, not {value!r}"
+        raise pytest.UsageError(msg) from None
+    if not 1 <= k <= n:
+        msg = f"--fuzz-part {value}: K must be between 1 and N"
+        raise pytest.UsageError(msg)
+    return k, n
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "chunk" in metafunc.fixturenames:
         chunks = max(1, math.ceil(metafunc.config.getoption("--examples") / CHUNK))
-        metafunc.parametrize("chunk", range(chunks))
+        k, n = part(metafunc.config)
+        metafunc.parametrize("chunk", range((k - 1) * chunks // n, k * chunks // n))
 
 
 def _dtypes(backend: Any) -> tuple[str, ...]:
