@@ -14,8 +14,9 @@ that redraws the configuration.
 ``--examples N`` configurations per backend on NumPy and PyTorch, ``N / 10``
 (at least one) on array_api_strict and JAX with x64, whose calls cost more
 (JAX compiles each new layer), and ``N / 100`` on float32 JAX (the x64
-variant's code in single precision, at the same compile cost); there, each circular configuration runs one of the
-``operator_norm`` methods in turn rather than all five. ``--fuzz-seed`` picks another campaign and
+variant's code in single precision, at the same compile cost); there, each
+circular configuration runs one of the ``operator_norm`` methods in turn
+rather than all five. ``--fuzz-seed`` picks another campaign and
 ``--fuzz-summary PATH`` writes the counts and worst errors (``summary.py``).
 """
 
