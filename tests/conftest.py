@@ -151,19 +151,24 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
         yield b
 
 
-def _every_other_jax_float32_case(items: list[pytest.Item]) -> list[pytest.Item]:
-    """The cases a test runs on jax-x64 but not on float32 jax: every second one of each test.
+def _half_the_jax_float32_cases(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The cases a test runs on jax-x64 but not on float32 jax: about half of each test's.
 
     Each new layer compiles for about a second per JAX variant, and JAX is most
-    of the suite's time; jax-x64 runs every case, float32 jax every other one
-    (a test with one case keeps it). ``CONVSV_JAX_EVERY_CASE=1`` runs them all.
+    of the suite's time; jax-x64 runs every case, float32 jax about half of
+    them, drawn by name (the first case of each test always), except in tests
+    marked ``every_jax_case``. ``CONVSV_JAX_EVERY_CASE=1`` runs them all.
     """
     if os.environ.get("CONVSV_JAX_EVERY_CASE") == "1":
         return []
     cases: dict[tuple[str, str], list[pytest.Item]] = {}
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("backend") == "jax":
+        if (
+            callspec is not None
+            and callspec.params.get("backend") == "jax"
+            and item.get_closest_marker("every_jax_case") is None
+        ):
             cases.setdefault((item.path.as_posix(), item.originalname), []).append(item)
     # Half by a hash of the case's name, not by position: with two-valued parameters, alternate
     # positions would drop the same value of one parameter every time.
@@ -178,7 +183,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     directly; unmarked tests without the fixture run in every selection.
     """
     keep, drop = [], []
-    halved = {id(item) for item in _every_other_jax_float32_case(items)}
+    halved = {id(item) for item in _half_the_jax_float32_cases(items)}
     for item in items:
         callspec = getattr(item, "callspec", None)
         name = callspec.params.get("backend") if callspec is not None else None

@@ -35,6 +35,9 @@ import convsv
 from . import truth
 from .configs import ALL_DTYPES, METHODS, Config, draw
 
+# The campaign gives each backend its own share of --examples (SLOW), float32 JAX included.
+pytestmark = pytest.mark.every_jax_case
+
 CHUNK = 25  # configurations per test item (items spread over the xdist workers)
 # The share of --examples on the backends whose calls cost more (see the module's docstring).
 SLOW = {"array_api_strict": 10, "jax": 100, "jax-x64": 10, "jax-gpu": 10}
