@@ -11,6 +11,8 @@ session per backend does this). ``CONVSV_REQUIRE_BACKENDS=1`` turns "library
 not installed" skips of the selected CPU backends into failures, so a broken
 install cannot pass as a skip in CI; ``CONVSV_REQUIRE_GPU=1`` does the same
 for the GPU variants (the ``gpu`` nox session, on a machine with a GPU).
+float32 JAX runs about half of each test's cases, jax-x64 all of them
+(``CONVSV_JAX_EVERY_CASE=1``: all on both; see ``_half_the_jax_float32_cases``).
 """
 
 from __future__ import annotations
