@@ -132,12 +132,13 @@ def combine(parts: list[dict[str, Any]]) -> dict[str, Any]:
     given twice, and a missing part: the result claims the whole campaign.
     """
     first = parts[0]
-    n = int(first["part"].split("/")[1])
-    for p in parts:
-        if (p["seed"], p["examples"], p["part"].split("/")[1]) != (first["seed"], first["examples"], str(n)):
+    numbers = [tuple(int(v) for v in p["part"].split("/")) for p in parts]  # (K, N) of each part
+    n = numbers[0][1]
+    for p, (_, n_p) in zip(parts, numbers, strict=True):
+        if (p["seed"], p["examples"], n_p) != (first["seed"], first["examples"], n):
             msg = f"part {p['part']} ({p['command']}) is not of the campaign of {first['command']}"
             raise ValueError(msg)
-    have = sorted(int(p["part"].split("/")[0]) for p in parts)
+    have = sorted(k for k, _ in numbers)
     if have != list(range(1, n + 1)):
         msg = f"parts {have} of {n}: every part from 1 to {n} is needed, each once"
         raise ValueError(msg)
@@ -149,7 +150,7 @@ def combine(parts: list[dict[str, Any]]) -> dict[str, Any]:
                 total[count] += backend[count]
             add_stats(total["stats"], backend["stats"])
     keep = ("command", "part", "python", "machine")
-    ordered = sorted(parts, key=lambda p: int(p["part"].split("/")[0]))
+    ordered = [p for _, p in sorted(zip(numbers, parts, strict=True), key=lambda pair: pair[0])]
     return {
         "seed": first["seed"],
         "examples": first["examples"],
