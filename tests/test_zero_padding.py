@@ -263,6 +263,54 @@ def test_tight_projection_keeps_a_kernel_within_the_bound(backend, rng):
     np.testing.assert_array_equal(backend.check(out, dtype), kernel.astype(dtype))
 
 
+# Two layers on which the random campaign's clips to norm 0 divided by zero (tests/fuzz, seed
+# 20190101: configurations 4192 and 9932), written out here.
+TO_ZERO = [
+    Layer((1, 3), 2, 4, (7, 3), {"padding": "same", "dilation": 2}),
+    Layer((2,), 1, 4, (20,), {"padding": 1, "dilation": 2, "transposed": True}),
+]
+
+
+@pytest.mark.parametrize("layer", TO_ZERO, ids=_id)
+def test_tight_projection_to_norm_zero_is_the_zero_kernel(backend, rng, layer):
+    # Every level is 0, so no two levels give a slope; the suite turns a division warning into an error.
+    dtype = backend.default_float
+    taps = layer.kernel(rng)
+    kernel = backend.asarray(taps, dtype)
+    options = {"layout": LAYOUT[layer.d], **layer.options}
+    for method in ("alternating", "extrapolated"):
+        out, info = convsv.clip_operator_norm(
+            kernel, layer.input_shape, 0.0, method=method, return_info=True, **options
+        )
+        np.testing.assert_array_equal(backend.check(out, dtype), np.zeros(taps.shape, dtype))
+        assert float(backend.to_numpy(info.norm)) == 0.0
+
+
+def test_tight_projection_of_a_layer_with_bunched_values(backend):
+    """A float32 layer whose clip leaves three triple singular values within 4e-4 of each other.
+
+    From the random campaign (tests/fuzz, seed 20190101, configuration 9436): three identical
+    3-tap blocks (stride 3 reads one row of three), scaled to 1e12. After the clip, Lanczos
+    vectors lose orthogonality within a few steps, and a restart could end lower than the cycle
+    before it; the last cycle's value, 3.5e-4 below the norm, let the clip land 2.1e-4 above its
+    bound on PyTorch.
+    """
+    taps = [-8.2014464e11, -1.5000514e12, -1.1012956e11, -1.1213176e11, -5.7465589e11,
+            9.2763875e11, 1.0991650e12, -1.9965033e11, -2.5501288e11]  # fmt: skip
+    layer = Layer((1, 1, 3), 1, 3, (3, 3, 3), {"padding": "same", "stride": (1, 3, 2)})
+    kernel = np.reshape(np.asarray(taps, dtype=np.float32), (1, 1, 3, 1, 3))
+    norm = np.linalg.svd(layer.dense(kernel.astype(np.float64)), compute_uv=False)[0]
+    bound = 0.3 * norm
+    for dtype in {backend.default_float, "float32"}:
+        out = convsv.clip_operator_norm(
+            backend.asarray(kernel, dtype), layer.input_shape, bound, method="dykstra", iterations=20,
+            tol=1e-4, layout="DHWIO", **layer.options,
+        )  # fmt: skip
+        result = backend.check(out, dtype).astype(np.float64)
+        reached = np.linalg.svd(layer.dense(result), compute_uv=False)[0]
+        assert bound * (1 - 1e-3) <= reached <= bound * (1 + 2e-5), (dtype, reached / bound - 1)
+
+
 def test_circular_bound_is_the_circular_layer_on_the_padded_map(rng):
     # bound="circular": the projection of the circular layer on the padded map, as before.
     layer = Layer((3, 3), 2, 2, (4, 4), {"padding": 1})

@@ -417,9 +417,14 @@ def _tight_projection(
     def step(state: tuple[Any, ...]) -> tuple[Any, ...]:
         _, norm, vectors, level, previous_level, previous_norm, low, high, count, _ = state
         # Through the last two points (a secant), or through the last and the origin at first.
-        slope = (norm - previous_norm) / xp.where(count > 1, level - previous_level, xp.ones_like(level))
+        # Two equal levels (``max_norm`` 0, or a bracket that closed) have no slope, and a zero norm
+        # no ratio: each division is guarded, and the bracket's middle catches what is left.
+        rise = level - previous_level
+        sloped = (count > 1) & (rise != 0)
+        slope = xp.where(sloped, (norm - previous_norm) / xp.where(sloped, rise, xp.ones_like(rise)), zero)
         secant = level + (aim - norm) / xp.where(slope > 0, slope, xp.ones_like(slope))
-        proposal = xp.where(count > 1, xp.where(slope > 0, secant, level * aim / norm), level * aim / norm)
+        through_origin = xp.where(norm > 0, level * aim / xp.where(norm > 0, norm, xp.ones_like(norm)), -inf)
+        proposal = xp.where(slope > 0, secant, through_origin)
         proposal = xp.where(count == 0, zero + max_norm, proposal)
         bounded = high < inf
         geometric = xp.sqrt(low * xp.where(bounded, high, zero))
