@@ -184,32 +184,10 @@ def clip_reshaped_(model: nn.Module, bound: float) -> None:
 # --- norms at the end of training ----------------------------------------------------------------
 
 
-def input_shapes(model: nn.Module, example_input: torch.Tensor) -> dict[str, tuple[int, ...]]:
-    """Each convolution's input spatial shape, from one forward pass (eval mode: BN stats untouched)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    hooks = []
-    for name, layer in convsv_torch.conv_layers(model):
-
-        def record(_: nn.Module, args: tuple[Any, ...], name: str = name) -> None:
-            shapes[name] = tuple(args[0].shape[2:])
-
-        hooks.append(layer.register_forward_pre_hook(record))
-    training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example_input)
-    finally:
-        model.train(training)
-        for hook in hooks:
-            hook.remove()
-    return shapes
-
-
 def operator_norms(model: nn.Module, example_input: torch.Tensor) -> dict[str, float]:
     """Exact operator norm of every convolution as the network applies it (zero padding, stride)."""
     norms = {}
-    for name, shape in input_shapes(model, example_input).items():
+    for name, shape in convsv_torch.input_shapes(model, example_input).items():
         layer = model.get_submodule(name)
         # NaN for a diverged run's weights. float64: the zero-padded norm is iterated to a relative 1e-6.
         weight = layer.weight.detach().double()

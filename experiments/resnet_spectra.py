@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from clipping import input_shapes
 from imagenet_resnet import ARCHITECTURES, ResNet, resnet
 
 import convsv
@@ -44,7 +43,7 @@ import convsv
 # in convsv's repository) for the same checkpoint unwrapping, backend choice, statistics and figure.
 from convsv._models import ModelError, _checkpoint_body
 from convsv._report import BACKENDS, converter, plot_spectra, summarize, to_numpy
-from convsv.torch import conv_layers, layer_options
+from convsv.torch import conv_layers, input_shapes, layer_options
 
 # A ResNet halves its map five times (stem conv, max-pool, three strided stages).
 SIZE_MULTIPLE = 32

@@ -25,6 +25,8 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
+import convsv.torch as convsv_torch
+
 SEED = 0
 EPOCHS = 60
 BATCH = 64
@@ -62,22 +64,10 @@ def load_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
 
 def conv_layer_metadata(model: nn.Module, input_shape: tuple[int, ...]) -> list[dict]:
     """Describe each Conv2d in forward order, with the spatial size of its input feature map."""
-    seen: list[tuple[str, nn.Conv2d, list[int]]] = []
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Conv2d):
-
-            def hook(mod, args, name=name):
-                seen.append((name, mod, list(args[0].shape[-2:])))
-
-            handles.append(module.register_forward_pre_hook(hook))
-    with torch.no_grad():
-        model(torch.zeros(1, *input_shape))
-    for h in handles:
-        h.remove()
-
+    shapes = convsv_torch.input_shapes(model, torch.zeros(1, *input_shape))  # in forward order
     layers = []
-    for name, conv, in_hw in seen:
+    for name, in_hw in shapes.items():
+        conv = model.get_submodule(name)
         # Only explicit integer zero padding is described by [[top, bottom], [left, right]].
         if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
             msg = f"{name}: padding {conv.padding!r} / mode {conv.padding_mode!r} not supported"
@@ -93,7 +83,7 @@ def conv_layer_metadata(model: nn.Module, input_shape: tuple[int, ...]) -> list[
                 "padding": [[ph, ph], [pw, pw]],
                 "transposed": bool(conv.transposed),
                 "output_padding": list(conv.output_padding),
-                "input_shape": in_hw,
+                "input_shape": list(in_hw),
             }
         )
     return layers

@@ -1055,8 +1055,26 @@ def test_a_circular_stride_must_divide_the_map(capsys, tmp_path):
     torch = need("torch")
     conv = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1, padding_mode="circular")
     path = torch_module_file(tmp_path, torch.nn.Sequential(conv))
-    err = analyze_error(capsys, path, "--input-size", "7", message="stride", plot=tmp_path / "p.png")
-    assert "(7, 7)" in err
+    message = "layer '0' on a 7x7 map: circular padding with stride 2 on an axis of 7 is not a circulant map"
+    analyze_error(capsys, path, "--input-size", "7", message=message, plot=tmp_path / "p.png")
+
+
+@pytest.mark.parametrize("mode", ["circular", "reflect"])
+def test_layers_the_adapters_refuse_are_refused_with_the_same_reason(capsys, tmp_path, mode):
+    # One translation for convsv.torch and analyze: padding 2 around a 3x3 kernel is not a
+    # circulant map, and reflect padding is not modelled. --layers leaves such a layer out.
+    torch = need("torch")
+    from convsv.torch import layer_options
+
+    odd = torch.nn.Conv2d(4, 4, 3, padding=2, padding_mode=mode)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), odd)
+    with pytest.raises(ValueError, match=r"circulant|not modelled") as refused:
+        layer_options(odd, (8, 8))
+    path = torch_module_file(tmp_path, net)
+    message = f"layer '1' on a 8x8 map: {refused.value} (--layers can leave it out)"
+    analyze_error(capsys, path, "--input-size", "8", message=message)
+    (row,) = analyze_json(capsys, path, "--input-size", "8", "--layers", "0")
+    check_rows([row], torch_layers(torch.nn.Sequential(net[0]), (8, 8)))
 
 
 def test_layers_matching_nothing(capsys, tmp_path, torch_files):

@@ -70,7 +70,7 @@ class ConvSpec:
     @property
     def dilated_size(self) -> tuple[int, ...]:
         """Spatial extent of the kernel with its dilation: ``(k - 1) * d + 1``."""
-        return tuple((k - 1) * d + 1 for k, d in zip(self.kernel_size, self.dilation, strict=True))
+        return dilated_spans(self.kernel_size, self.dilation)
 
     @property
     def group_in(self) -> int:
@@ -123,6 +123,44 @@ class ConvSpec:
             transposed=self.transposed,
             channels_last=self.channels_last,
         )
+
+
+def dilated_spans(kernel_size: Sequence[int], dilation: Sequence[int]) -> tuple[int, ...]:
+    """Each spatial axis' extent of a dilated kernel, ``(k - 1) * d + 1``."""
+    return tuple((int(k) - 1) * int(d) + 1 for k, d in zip(kernel_size, dilation, strict=True))
+
+
+def why_not_circulant(
+    pads: Sequence[tuple[int, int]],
+    spans: Sequence[int],
+    stride: Sequence[int],
+    input_shape: Sequence[int] | None = None,
+) -> str | None:
+    """Why wrap-around padding ``pads`` does not make a circulant layer, or ``None`` when it does.
+
+    A framework's circular padding wraps the map around and then runs a
+    valid convolution. That is the circular layer (up to a cyclic shift of
+    the input, which changes no singular value) exactly when every output is
+    ``input / stride``: when each axis pads ``span - stride`` to ``span - 1``
+    zeros in all and, where the map is known, the stride divides it. Other
+    pads repeat or drop rows of the circular layer, which has other singular
+    values. The one rule for every framework's translator.
+    """
+    for axis, ((before, after), w, s) in enumerate(zip(pads, spans, stride, strict=True)):
+        fewest = max(w - s, 0)
+        if not fewest <= before + after <= w - 1:
+            allowed = f"{w - 1}" if fewest == w - 1 else f"{fewest} to {w - 1}"
+            return (
+                f"circular padding {tuple(tuple(p) for p in pads)} is not a circulant map: on axis "
+                f"{axis} (kernel span {w}, stride {s}) the output is input / stride only with {allowed} "
+                f"padded positions in all, not {before + after}"
+            )
+        if input_shape is not None and input_shape[axis] % s:
+            return (
+                f"circular padding with stride {s} on an axis of {input_shape[axis]} is not a circulant "
+                "map: the stride must divide the map"
+            )
+    return None
 
 
 def normalize_shape(value: object, ndim: int, name: str, minimum: int = 1) -> tuple[int, ...]:
@@ -216,7 +254,7 @@ def conv_spec(
     if any(extra) and not transposed:
         msg = "`output_padding` only applies to transposed layers (transposed=True)"
         raise ValueError(msg)
-    span = tuple((k - 1) * d + 1 for k, d in zip(ksize, dilations, strict=True))
+    span = dilated_spans(ksize, dilations)
 
     pads: Pads | None
     if isinstance(padding, str) and padding == "circular":

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._layout import LAYOUTS, _same_pads
+from ._frameworks import torch as torch_layers
+from ._layout import LAYOUTS, _same_pads, dilated_spans
 
 # The options a stored layer may set, with the values a tensor-only format implies.
 ASSUMED_OPTIONS: dict[str, Any] = {
@@ -56,6 +57,7 @@ class ConvLayer:
     input_shape: tuple[int, ...] | None = None
     assumed: bool = False  # options not stored in the file: ASSUMED_OPTIONS
     note: str = ""
+    unmodelled: str = ""  # why convsv cannot analyse this layer exactly (an error if it is analysed)
 
     @property
     def ndim(self) -> int:
@@ -84,11 +86,6 @@ def expand_size(input_size: Sequence[int], ndim: int, what: str) -> tuple[int, .
         msg = f"--input-size has {len(input_size)} sizes but {what} has {ndim} spatial axes"
         raise ModelError(msg)
     return tuple(input_size) * (ndim if len(input_size) == 1 else 1)
-
-
-def dilated_spans(kernel_size: Sequence[int], dilation: Sequence[int]) -> list[int]:
-    """Each spatial axis' extent of a dilated kernel, ``(k - 1) * d + 1``."""
-    return [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation, strict=True)]
 
 
 def _need(module: str, what: str) -> Any:
@@ -192,32 +189,6 @@ def read_safetensors(path: Path, input_size: Sequence[int] | None, layout: str |
 # --- PyTorch ------------------------------------------------------------------------------------------
 
 
-def _torch_numpy(tensor: Any) -> Any:
-    import torch
-
-    tensor = tensor.detach().cpu()
-    if tensor.dtype in (torch.float16, torch.bfloat16):
-        tensor = tensor.float()
-    return tensor.numpy()
-
-
-def _torch_padding(module: Any) -> tuple[Any, str]:
-    """The module's padding as the library's ``padding`` argument, and a note where not exact."""
-    spans = dilated_spans(module.kernel_size, module.dilation)
-    if module.padding == "valid":
-        pads = [(0, 0)] * len(spans)
-    elif module.padding == "same":
-        pads = [((w - 1) // 2, w - 1 - (w - 1) // 2) for w in spans]
-    else:
-        pads = [(p, p) for p in module.padding]
-    mode = module.padding_mode
-    if mode == "zeros" or module.transposed:  # transposed layers only pad with zeros
-        return pads, ""
-    if mode == "circular" and all(a + b == w - 1 for (a, b), w in zip(pads, spans, strict=True)):
-        return "circular", ""
-    return "circular", f"padding_mode={mode!r} with padding {module.padding} analysed as circular"
-
-
 def _torch_module(module: Any, input_size: Sequence[int] | None, path: Path) -> list[ConvLayer]:
     import torch
 
@@ -230,44 +201,30 @@ def _torch_module(module: Any, input_size: Sequence[int] | None, path: Path) -> 
     shapes: dict[str, tuple[int, ...]] = {}
     if convs and input_size is not None:
         # The map sizes come from running the model on zeros, recording each conv's input.
-        def recorder(name: str) -> Callable[[Any, tuple[Any, ...]], None]:
-            def record(_module: Any, args: tuple[Any, ...]) -> None:  # returns None: inputs unchanged
-                shapes.setdefault(name, tuple(args[0].shape[2:]))
-
-            return record
-
-        handles = [m.register_forward_pre_hook(recorder(name)) for name, m in convs]
         first = convs[0][1]
         channels = first.out_channels if first.transposed else first.in_channels
         size = expand_size(input_size, first.weight.ndim - 2, f"layer {convs[0][0]!r}")
         x = torch.zeros((1, channels, *size), dtype=first.weight.dtype)
         try:
-            with torch.no_grad():
-                module.eval()(x)
+            shapes = torch_layers.forward_input_shapes(module, convs, x)
         except Exception as err:
             msg = (
                 f"{path}: running the model on a zero input of shape {tuple(x.shape)} (to find each "
                 f"layer's feature-map size) failed: {err}"
             )
             raise ModelError(msg) from None
-        finally:
-            for handle in handles:
-                handle.remove()
     layers = []
     for name, m in convs:
-        padding, note = _torch_padding(m)
-        options = {
-            "stride": tuple(m.stride),
-            "dilation": tuple(m.dilation),
-            "groups": m.groups,
-            "padding": padding,
-            "transposed": bool(m.transposed),
-            "output_padding": tuple(m.output_padding) if m.transposed else 0,
-        }
-        kernel = _torch_numpy(m.weight)
-        layers.append(
-            ConvLayer(name, kernel, layout_for(kernel.ndim - 2, False), options, shapes.get(name), note=note)
-        )
+        kernel, shape = torch_layers.to_numpy(m.weight), shapes.get(name)
+        try:  # the adapter's translation and policy (convsv.torch.layer_options)
+            options = torch_layers.conv_options(m, shape)
+        except ValueError as err:
+            layout = torch_layers.LAYOUTS[kernel.ndim - 2]
+            layers.append(ConvLayer(name, kernel, layout, {}, shape, unmodelled=str(err)))
+            continue
+        layout = options.pop("layout")
+        options.setdefault("output_padding", 0)
+        layers.append(ConvLayer(name, kernel, layout, options, shape))
     return layers
 
 
@@ -315,7 +272,7 @@ def read_torch(path: Path, input_size: Sequence[int] | None, layout: str | None)
         return Model(str(path), "PyTorch module", _torch_module(body, input_size, path))
     if isinstance(body, Mapping):
         arrays = {
-            key: _torch_numpy(value)
+            key: torch_layers.to_numpy(value)
             for key, value in body.items()
             if _is_tensor(value) and (key.endswith("weight") or "." not in key)
         }
@@ -501,7 +458,7 @@ def _onnx_shapes(onnx: Any, model: Any, input_size: Sequence[int] | None, path: 
 
 
 def _onnx_pads(
-    attrs: dict[str, Any], spans: list[int], strides: list[int], size: Any, transposed: bool
+    attrs: dict[str, Any], spans: Sequence[int], strides: list[int], size: Any, transposed: bool
 ) -> Any:
     ndim = len(spans)
     auto = attrs.get("auto_pad", b"NOTSET")

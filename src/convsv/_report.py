@@ -145,10 +145,13 @@ def resolve_sizes(model: Model, input_size: Sequence[int] | None) -> None:
 
 def layer_spec(layer: ConvLayer) -> ConvSpec:
     """The layer as stored, validated (every error before any work)."""
+    size = "x".join(map(str, layer.input_shape or ()))
+    if layer.unmodelled:  # refused as the adapters refuse it; the other layers can still be analysed
+        msg = f"layer {layer.name!r} on a {size} map: {layer.unmodelled} (--layers can leave it out)"
+        raise ModelError(msg)
     try:
         return conv_spec(tuple(layer.kernel.shape), layer.input_shape, layer.layout, **layer.options)
     except (TypeError, ValueError) as err:
-        size = "x".join(map(str, layer.input_shape or ()))
         msg = f"layer {layer.name!r} on a {size} map: {err}"
         raise ModelError(msg) from None
 

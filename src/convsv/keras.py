@@ -30,7 +30,7 @@ import array_api_compat
 import keras
 import numpy as np
 
-from ._layout import conv_spec
+from ._layout import conv_spec, dilated_spans
 from ._norms import operator_norm
 from ._projection import (
     ClipInfo,
@@ -367,7 +367,7 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
         strides = _per_axis(self.strides, rank, "strides")
         dilation = _per_axis(self.dilation_rate, rank, "dilation_rate")
         input_shape = _per_axis(self.input_shape, rank, "input_shape")
-        spans = [(k - 1) * d + 1 for k, d in zip(shape[:rank], dilation, strict=True)]
+        spans = dilated_spans(shape[:rank], dilation)
         groups = self.groups
         if self.kind == "depthwise":
             groups = shape[rank]

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._layout import conv_spec
+from ._layout import conv_spec, dilated_spans, why_not_circulant
 from ._projection import _check_bounds, _check_schedule, positive_bound
 from ._projection import clip_operator_norm as _clip
 
@@ -538,16 +538,10 @@ def _circular_or_error(
     stride: tuple[int, ...],
     where: str,
 ) -> None:
-    """Wrap-around padding is a circulant map (up to a cyclic shift) when the output is input / stride."""
-    for n, (before, after), w, s in zip(shape, pads, span, stride, strict=True):
-        out = (n + before + after - w) // s + 1
-        if n % s or out * s != n:
-            msg = (
-                f"{where}: circular padding {tuple(pads)} gives {out} outputs on an axis of {n} with "
-                f"stride {s}; convsv models circular padding whose output is input / stride (a stride "
-                "that divides the map)"
-            )
-            raise ValueError(msg)
+    reason = why_not_circulant(pads, span, stride, shape)
+    if reason is not None:
+        msg = f"{where}: {reason}"
+        raise ValueError(msg)
 
 
 def _flax_options(layer: Any, shape: tuple[int, ...], where: str) -> Conv:
@@ -561,7 +555,7 @@ def _flax_options(layer: Any, shape: tuple[int, ...], where: str) -> Conv:
         raise ValueError(msg)
     stride = _per_axis(layer.strides, d)
     dilation = _per_axis(layer.kernel_dilation, d)
-    span = tuple((k - 1) * r + 1 for k, r in zip(ksize, dilation, strict=True))
+    span = dilated_spans(ksize, dilation)
     padding = layer.padding
     layout = {1: "WIO", 2: "HWIO", 3: "DHWIO"}[d]
     common = {"layout": layout, "stride": stride, "dilation": dilation, "groups": layer.feature_group_count}
@@ -589,7 +583,7 @@ def _flax_options(layer: Any, shape: tuple[int, ...], where: str) -> Conv:
 def _equinox_options(layer: Any, shape: tuple[int, ...], where: str) -> Conv:
     d = layer.num_spatial_dims
     stride, dilation = tuple(layer.stride), tuple(layer.dilation)
-    span = tuple((k - 1) * r + 1 for k, r in zip(layer.kernel_size, dilation, strict=True))
+    span = dilated_spans(layer.kernel_size, dilation)
     if isinstance(layer.padding, str):
         pads = jax.lax.padtype_to_pads(shape, span, stride, layer.padding)
     else:

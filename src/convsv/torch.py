@@ -16,12 +16,13 @@ inputs, recorded by forward pre-hooks. Importing this module imports torch;
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
+from ._frameworks.torch import conv_options, forward_input_shapes, record_input_shapes
 from ._projection import clip_operator_norm, positive_bound
 
 __all__ = [
@@ -30,11 +31,11 @@ __all__ = [
     "OperatorNormParametrization",
     "clip_operator_norm_",
     "conv_layers",
+    "input_shapes",
     "layer_options",
     "parametrize_operator_norm",
 ]
 
-_LAYOUTS = {1: "OIW", 2: "OIHW", 3: "OIDHW"}
 Shapes = Mapping[str, Any]
 Conv = nn.modules.conv._ConvNd  # Conv1d/2d/3d and ConvTranspose1d/2d/3d
 Layers = Sequence[tuple[str, Conv]]
@@ -131,9 +132,8 @@ def layer_options(layer: nn.Module, input_shape: Sequence[int] | None = None) ->
     layer : torch.nn.Module
         A ``Conv1d/2d/3d`` or ``ConvTranspose1d/2d/3d``.
     input_shape : sequence of int, optional
-        The layer's input spatial shape: needed to check that a
-        ``padding_mode="circular"`` layer is a circulant map (output size
-        ``input / stride``).
+        The layer's input spatial shape: where given, a circular layer's
+        stride is also checked to divide it.
 
     Returns
     -------
@@ -147,7 +147,11 @@ def layer_options(layer: nn.Module, input_shape: Sequence[int] | None = None) ->
         If ``layer`` is not a convolution.
     ValueError
         For ``padding_mode`` ``"reflect"`` or ``"replicate"`` (not modelled),
-        or a circular layer whose output is not ``input / stride``.
+        or circular padding that is not a circulant map: one whose output is
+        not ``input / stride`` (for stride 1, padding other than
+        ``(kernel span - 1)`` in all per axis), which repeats or drops rows
+        of the circular layer. ``convsv analyze`` leaves such layers out,
+        with the same reason.
 
     Examples
     --------
@@ -157,45 +161,37 @@ def layer_options(layer: nn.Module, input_shape: Sequence[int] | None = None) ->
     >>> options["layout"], options["stride"], options["padding"], options["groups"]
     ('OIHW', (2, 2), (1, 1), 1)
     """
-    layer = _as_conv(layer)
-    d = _ndim(layer)
-    options: dict[str, Any] = {
-        "layout": _LAYOUTS[d],
-        "stride": tuple(layer.stride),
-        "dilation": tuple(layer.dilation),
-        "groups": layer.groups,
-        "transposed": bool(layer.transposed),
-    }
-    if layer.transposed:
-        options["padding"] = tuple(layer.padding)
-        options["output_padding"] = tuple(layer.output_padding)
-        return options
-    padding = layer.padding if isinstance(layer.padding, str) else tuple(layer.padding)
-    if layer.padding_mode == "zeros":
-        options["padding"] = padding
-        return options
-    if layer.padding_mode != "circular":
-        msg = (
-            f"padding_mode={layer.padding_mode!r} is not modelled: convsv handles zero padding and "
-            "circular padding"
-        )
-        raise ValueError(msg)
-    if input_shape is not None:
-        # Circular padding is a circulant map (up to a cyclic shift) when the output is input / stride.
-        kernel = layer.weight.shape[2:]
-        pads = layer._reversed_padding_repeated_twice[::-1]  # (before, after) per axis, first axis first
-        for axis, n in enumerate(input_shape):
-            after, before = pads[2 * axis], pads[2 * axis + 1]
-            span = (kernel[axis] - 1) * layer.dilation[axis] + 1
-            out = (n + before + after - span) // layer.stride[axis] + 1
-            if n % layer.stride[axis] or out * layer.stride[axis] != n:
-                msg = (
-                    f"a circular-padded layer with padding {padding} gives {out} outputs on an axis of "
-                    f"{n}; convsv models circular padding whose output is input / stride"
-                )
-                raise ValueError(msg)
-    options["padding"] = "circular"
-    return options
+    return conv_options(_as_conv(layer), input_shape)
+
+
+def input_shapes(module: nn.Module, example_input: Any) -> dict[str, tuple[int, ...]]:
+    """Each convolution's input spatial shape, recorded during one forward pass.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        The model (or a ``DistributedDataParallel`` wrapping it).
+    example_input : tensor or tuple of tensors
+        The input of the forward pass (a tuple is unpacked into the call). It
+        runs in eval mode, so batch-norm statistics are untouched, under
+        ``torch.no_grad``; the module's mode is restored afterwards.
+
+    Returns
+    -------
+    dict
+        Layer name (as in :func:`conv_layers`) to the spatial shape of its
+        input, for each convolution the pass called (the last call's, for a
+        layer called more than once).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from convsv.torch import input_shapes
+    >>> model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, stride=2), torch.nn.Conv2d(4, 4, 3))
+    >>> input_shapes(model, torch.zeros(1, 1, 16, 16))
+    {'0': (16, 16), '1': (7, 7)}
+    """
+    return forward_input_shapes(module, list(conv_layers(module)), example_input)
 
 
 def _spatial(shape: Any, ndim: int, name: str) -> tuple[int, ...]:
@@ -206,18 +202,6 @@ def _spatial(shape: Any, ndim: int, name: str) -> tuple[int, ...]:
         msg = f"input shape {sizes} for layer {name!r} needs {ndim} spatial sizes"
         raise ValueError(msg)
     return sizes
-
-
-def _record_shapes(layers: Layers, shapes: dict[str, tuple[int, ...]]) -> list[Any]:
-    """Forward pre-hooks that store each layer's latest input spatial shape in ``shapes``."""
-
-    def recorder(name: str, ndim: int) -> Callable[..., None]:
-        def hook(_: nn.Module, args: tuple[Any, ...]) -> None:
-            shapes[name] = tuple(args[0].shape[-ndim:])
-
-        return hook
-
-    return [layer.register_forward_pre_hook(recorder(name, _ndim(layer))) for name, layer in layers]
 
 
 def _strip(name: str) -> str:
@@ -242,15 +226,9 @@ def _resolve_shapes(
         shapes.setdefault(name, shape)
     missing = [name for name, _ in layers if name not in shapes]
     if missing and example_input is not None:
-        seen: dict[str, tuple[int, ...]] = {}
-        handles = _record_shapes([(n, la) for n, la in layers if n in missing], seen)
-        try:
-            with torch.no_grad():
-                root(*example_input) if isinstance(example_input, tuple) else root(example_input)
-        finally:
-            for handle in handles:
-                handle.remove()
-        shapes.update(seen)
+        shapes.update(
+            forward_input_shapes(root, [(n, la) for n, la in layers if n in missing], example_input)
+        )
         missing = [name for name, _ in layers if name not in shapes]
     if missing:
         msg = (
@@ -308,8 +286,9 @@ def clip_operator_norm_(
         Layer name (as in ``module.named_modules()``) to the spatial shape of
         that layer's input (an int for every axis, or a tuple).
     example_input : tensor or tuple of tensors, optional
-        An input for one forward pass (under ``torch.no_grad``) that records
-        the shapes ``input_shapes`` does not give.
+        An input for one forward pass (in eval mode, under
+        ``torch.no_grad``) that records the shapes ``input_shapes`` does not
+        give.
     **clip_options
         ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``: as in
         :func:`convsv.clip_operator_norm`.
@@ -375,7 +354,8 @@ class OperatorNormClipper:
         measured from the model's own forward passes (forward pre-hooks
         record each convolution's latest input shape).
     example_input : tensor or tuple of tensors, optional
-        An input for one forward pass that records the shapes up front.
+        An input for one forward pass (in eval mode, under
+        ``torch.no_grad``) that records the shapes up front.
     **clip_options
         ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``: as in
         :func:`convsv.clip_operator_norm`.
@@ -436,7 +416,7 @@ class OperatorNormClipper:
             layer_options(layer)
         self.input_shapes = dict(input_shapes or {})
         self.recorded: dict[str, tuple[int, ...]] = {}
-        self._hooks = _record_shapes(self.layers, self.recorded)
+        self._hooks = record_input_shapes(self.layers, self.recorded)
         if example_input is not None:
             self.input_shapes.update(_resolve_shapes(module, self.layers, self.input_shapes, example_input))
         self.steps = 0

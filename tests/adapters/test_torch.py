@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 import convsv
+import convsv.torch
 from convsv.torch import (
     OperatorNormClipper,
     clip_operator_norm_,
@@ -60,9 +61,14 @@ LAYERS = {
         lambda: nn.Conv2d(2, 3, 3, stride=2, padding=1, padding_mode="circular"),
         (6, 8),
     ),
-    "conv2d-circular-asymmetric": (
-        lambda: nn.Conv2d(2, 2, (3, 2), padding=(1, 0), padding_mode="circular"),
-        None,
+    # Circulant with fewer zeros than span - 1: stride 2 on a span of 4 needs 2 or 3 in all.
+    "conv2d-circular-stride2-k4-pad1": (
+        lambda: nn.Conv2d(2, 3, 4, stride=2, padding=1, padding_mode="circular"),
+        (6, 8),
+    ),
+    "conv2d-circular-same-even": (
+        lambda: nn.Conv2d(2, 2, (3, 4), padding="same", padding_mode="circular"),
+        (5, 6),
     ),
     "conv3d-stride2": (lambda: nn.Conv3d(2, 2, 2, stride=2), (4, 4, 4)),
     "convtranspose1d-groups": (lambda: nn.ConvTranspose1d(4, 2, 3, stride=2, groups=2), (5,)),
@@ -88,19 +94,45 @@ def test_layer_options_give_the_layers_singular_values(name):
     assert np.all(dense[m:] < 1e-10)
 
 
-def test_circular_padding_that_is_not_a_circulant_map_is_refused():
-    # Padding 0 on a 3-wide kernel: the circular layer's output is smaller than its input.
-    layer = nn.Conv2d(2, 2, 3, padding=0, padding_mode="circular")
-    with pytest.raises(ValueError, match="output is input / stride"):
-        layer_options(layer, (6, 6))
-    with pytest.raises(ValueError, match="output is input / stride"):
-        layer_options(nn.Conv2d(2, 2, 3, stride=2, padding=1, padding_mode="circular"), (7, 8))
+@pytest.mark.parametrize("padding", [0, 2, (1, 0)], ids=["fewer", "more", "fewer-on-one-axis"])
+def test_circular_padding_that_is_not_a_circulant_map_is_refused(padding):
+    # Fewer zeros than span - 1 drop rows of the circular layer, more repeat some: other singular
+    # values (the layer's own dense matrix shows it), so analysing it as circular would be wrong.
+    layer = nn.Conv2d(2, 2, 3, padding=padding, padding_mode="circular")
+    for shape in (None, (6, 6)):  # the rule does not depend on the map
+        with pytest.raises(ValueError, match="is not a circulant map: on axis"):
+            layer_options(layer, shape)
+    torch.manual_seed(0)
+    dense = np.linalg.svd(_dense(layer, (6, 6)), compute_uv=False)
+    circular = convsv.singular_values(layer.weight.detach(), (6, 6), layout="OIHW").numpy()
+    assert dense.size != circular.size or not np.allclose(np.sort(circular.ravel())[::-1], dense)
+
+
+def test_a_circular_stride_must_divide_the_map():
+    layer = nn.Conv2d(2, 2, 3, stride=2, padding=1, padding_mode="circular")
+    assert layer_options(layer)["padding"] == "circular"  # no map given: only the padding is checked
+    with pytest.raises(ValueError, match="stride 2 on an axis of 7 is not a circulant map"):
+        layer_options(layer, (7, 8))
 
 
 @pytest.mark.parametrize("mode", ["reflect", "replicate"])
 def test_unmodelled_padding_modes_are_refused(mode):
     with pytest.raises(ValueError, match=f"padding_mode='{mode}' is not modelled"):
         layer_options(nn.Conv2d(2, 2, 3, padding=1, padding_mode=mode))
+
+
+def test_input_shapes_come_from_one_pass_in_eval_mode():
+    # A strided conv, batch norm, a transposed conv: its input sizes by the conv arithmetic.
+    layers = [nn.Conv2d(1, 4, 3, stride=2), nn.BatchNorm2d(4), nn.ConvTranspose2d(4, 2, 3, stride=2)]
+    model = nn.Sequential(*layers)
+    model.train()
+    statistics = model[1].running_mean.clone()
+    shapes = convsv.torch.input_shapes(model, torch.ones(1, 1, 17, 12))
+    assert shapes == {"0": (17, 12), "2": ((17 - 3) // 2 + 1, (12 - 3) // 2 + 1)}
+    assert model.training  # mode restored
+    assert torch.equal(model[1].running_mean, statistics)  # eval mode: statistics untouched
+    # Unbatched input, a tuple unpacked into the call.
+    assert convsv.torch.input_shapes(nn.Conv1d(2, 2, 3), (torch.ones(2, 9),)) == {"": (9,)}
 
 
 def test_layer_options_refuse_other_layers():
@@ -202,7 +234,7 @@ def test_errors_come_before_any_weight_changes():
     # A circular layer whose stride does not divide its map, first in the model.
     strided = nn.Conv2d(2, 2, 3, stride=2, padding=1, padding_mode="circular")
     shapes = {"0": 7, "1": 8, "3": 8, "5": 4}
-    _unchanged_after(ValueError, "output is input / stride", shapes, extra=(0, strided))
+    _unchanged_after(ValueError, "the stride must divide the map", shapes, extra=(0, strided))
 
 
 def test_clipper_projects_every_nth_step_and_detaches():
