@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ._frameworks import keras as keras_layers
 from ._frameworks import torch as torch_layers
 from ._layout import LAYOUTS, _same_pads, dilated_spans
 
@@ -365,19 +366,11 @@ def _keras_conv(keras: Any, name: str, layer: Any) -> list[ConvLayer]:
             ConvLayer(f"{name}/depthwise", depth, layout, options, size_in),
             ConvLayer(f"{name}/pointwise", numpy(layer.pointwise_kernel), layout, pointwise, size_out),
         ]
-    if isinstance(layer, transposed):
+    if isinstance(layer, transposed):  # the constraint's model of it (convsv.keras)
         options["transposed"] = True
-        if size_in is not None and size_out is not None:
-            # Keras' transposed conv is the adjoint of the forward conv that maps its output back
-            # to its input with the same padding rule; `output_padding` absorbs the size difference.
-            base = [
-                m * s if padding == "same" else (m - 1) * s + w
-                for m, s, w in zip(size_in, layer.strides, spans, strict=True)
-            ]
-            options["output_padding"] = tuple(o - b for o, b in zip(size_out, base, strict=True))
-            if min(options["output_padding"]) < 0:
-                msg = f"layer {name}: transposed output {size_out} is smaller than convsv's model of it"
-                raise ModelError(msg)
+        options["padding"], options["output_padding"] = keras_layers.transposed_padding(
+            spans, layer.strides, padding, layer.output_padding
+        )
     return [ConvLayer(name, numpy(layer.kernel), layout, options, size_in)]
 
 

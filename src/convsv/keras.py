@@ -30,6 +30,7 @@ import array_api_compat
 import keras
 import numpy as np
 
+from ._frameworks.keras import transposed_padding
 from ._layout import conv_spec, dilated_spans
 from ._norms import operator_norm
 from ._projection import (
@@ -110,28 +111,6 @@ def _per_axis(value: int | tuple[int, ...], rank: int, name: str) -> tuple[int, 
         msg = f"`{name}` has {len(value)} entries but the kernel has {rank} spatial axes"
         raise ValueError(msg)
     return value
-
-
-def _transpose_padding(
-    span: int, stride: int, padding: str, output_padding: int | None
-) -> tuple[int, int, int]:
-    """A Keras transposed layer as the adjoint of a zero-padded convolution: ``(before, after, extra)``.
-
-    Keras (all backends) pads the stride-dilated input by ``left``/``right``
-    and correlates with the flipped kernel; that is the adjoint of the
-    convolution whose input has ``span - 1 - left`` zeros before it, and whose
-    size exceeds the stride grid by ``extra`` (convsv's ``output_padding``).
-    """
-    if padding == "valid":
-        extra = max(span, stride) - span if output_padding is None else output_padding
-        left, right = span - 1, span - 1 + extra
-    else:
-        total = stride + span - 2 if output_padding is None else span + span % 2 - 2 + output_padding
-        left = min(total // 2 + total % 2, span - 1)
-        right = total - left
-    before = span - 1 - left
-    after = max(span - 1 - right, 0)
-    return before, after, 1 + right + after - span
 
 
 def _as_numpy(value: Any) -> Any:
@@ -388,13 +367,12 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
                 raise ValueError(msg)
             padding = ((spans[0] - 1, 0),)
         elif self.kind == "transpose" and self.padding != "circular":
-            extra = (None,) * rank if self.output_padding is None else self.output_padding
-            pads = [
-                _transpose_padding(w, s, self.padding, e)
-                for w, s, e in zip(spans, strides, _per_axis(extra, rank, "output_padding"), strict=True)  # type: ignore[arg-type]
-            ]
-            padding = tuple((a, b) for a, b, _ in pads)
-            options["output_padding"] = tuple(e for _, _, e in pads)
+            extra = (
+                None
+                if self.output_padding is None
+                else _per_axis(self.output_padding, rank, "output_padding")
+            )
+            padding, options["output_padding"] = transposed_padding(spans, strides, self.padding, extra)
         options["padding"] = padding
         core = {key: value for key, value in options.items() if key != "input_shape"}
         conv_spec(shape, input_shape, **core)  # the core's own checks, now
