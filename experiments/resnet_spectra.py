@@ -38,11 +38,12 @@ import torch
 from imagenet_resnet import ARCHITECTURES, ResNet, resnet
 
 import convsv
+from convsv._lib import to_host
 
 # convsv._models and convsv._report are private helpers of `convsv analyze`, used here (this script lives
 # in convsv's repository) for the same checkpoint unwrapping, backend choice, statistics and figure.
 from convsv._models import ModelError, _checkpoint_body
-from convsv._report import BACKENDS, converter, plot_spectra, summarize, to_numpy
+from convsv._report import BACKENDS, converter, plot_spectra, summarize
 from convsv.torch import conv_layers, input_shapes, layer_options
 
 # A ResNet halves its map five times (stem conv, max-pool, three strided stages).
@@ -166,7 +167,7 @@ def layer_spectra(
         options = layer_options(layer)
         size = sizes[name]
         kernel = to_backend(layer.weight.detach().numpy())
-        values = to_numpy(convsv.singular_values(kernel, size, **{**options, "padding": "circular"}))
+        values = to_host(convsv.singular_values(kernel, size, **{**options, "padding": "circular"}))
         stats = summarize(values)
         row = {
             "name": name,
@@ -183,7 +184,7 @@ def layer_spectra(
         }
         if bounds:
             lower, upper = convsv.operator_norm_bounds(kernel, size, **options)
-            row["zero_padded_norm_bounds"] = [float(to_numpy(lower)), float(to_numpy(upper))]
+            row["zero_padded_norm_bounds"] = [float(to_host(lower)), float(to_host(upper))]
         rows.append(row)
         spectra.append(values)
         elapsed = time.perf_counter() - start

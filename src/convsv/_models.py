@@ -30,6 +30,7 @@ from typing import Any
 from ._frameworks import keras as keras_layers
 from ._frameworks import torch as torch_layers
 from ._layout import LAYOUTS, _same_pads, dilated_spans
+from ._lib import to_host
 
 # The options a stored layer may set, with the values a tensor-only format implies.
 ASSUMED_OPTIONS: dict[str, Any] = {
@@ -313,7 +314,7 @@ def _keras_numpy(keras: Any, x: Any) -> Any:
     Through the variable's value: ``np.array(variable)`` warns on NumPy 2 (its ``__array__``
     takes no ``copy``), and so do ``get_weights()`` and ``convert_to_numpy(variable)``.
     """
-    return keras.ops.convert_to_numpy(x.value if isinstance(x, keras.Variable) else x)
+    return to_host(x.value if isinstance(x, keras.Variable) else x)
 
 
 def _spatial(shape: Any, channels_first: bool) -> tuple[int, ...] | None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
 from ._layout import LAYOUTS, ConvSpec, conv_spec
+from ._lib import to_host
 from ._models import ConvLayer, Model, ModelError, expand_size
 from ._norms import operator_norm, singular_values
 
@@ -47,17 +48,6 @@ def reshaped_norm(kernel: Any, layout: str) -> float:
     _ndim, channels_last = LAYOUTS[layout]
     spatial_first = kernel if channels_last else np.moveaxis(kernel, (0, 1), (-1, -2))
     return float(np.linalg.norm(np.reshape(spatial_first, (-1, spatial_first.shape[-1])), 2))
-
-
-def to_numpy(values: Any) -> Any:
-    """A backend array as a NumPy array on the host."""
-    import numpy as np
-
-    if hasattr(values, "detach"):  # torch
-        values = values.detach().cpu()
-    elif type(values).__module__.startswith("cupy"):
-        values = values.get()
-    return np.asarray(values)
 
 
 # --- backend and device -------------------------------------------------------------------------------
@@ -211,7 +201,7 @@ def analyze(
         # zero-padded map (a multiple of the stride) for zeros. Its exact spectrum is reported, and
         # its norm bounds the zero-padded layer's from above.
         twin_input = spec.layer_input if spec.circular else twin_shape(spec)
-        s = to_numpy(singular_values(kernel, twin_input, padding="circular", **common))
+        s = to_host(singular_values(kernel, twin_input, padding="circular", **common))
         stats = summarize(s)
         bounds = None
         norm = stats["operator_norm"]
@@ -219,7 +209,7 @@ def analyze(
         if not spec.circular:
             extra = layer.options["output_padding"]
             lower = operator_norm(kernel, size, padding=pads, output_padding=extra, **common)
-            bounds = [float(to_numpy(lower)), stats["operator_norm"]]
+            bounds = [float(to_host(lower)), stats["operator_norm"]]
             norm = bounds[0]  # the zero-padded layer's own norm (Lanczos, certified within tol)
         product *= bounds[1] if bounds else norm
         # A singular layer's condition number is infinite, which JSON cannot hold: null ("-" in tables).

@@ -25,6 +25,7 @@ from typing import Any
 
 from . import __version__, operator_norm_bounds, singular_values
 from ._layout import LAYOUTS
+from ._lib import to_host
 from ._models import ModelError, load_model
 from ._report import (
     BACKENDS,
@@ -37,7 +38,6 @@ from ._report import (
     reshaped_norm,
     resolve_sizes,
     summarize,
-    to_numpy,
 )
 
 SPECTRUM_BACKENDS = ("numpy", "torch", "jax")
@@ -285,12 +285,10 @@ def _spectrum(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     except ModelError as err:  # the backend is not installed
         parser.error(str(err))
     try:
-        bounds = [
-            to_numpy(b) for b in operator_norm_bounds(array, input_shape, layout=args.layout, **options)
-        ]
+        bounds = [to_host(b) for b in operator_norm_bounds(array, input_shape, layout=args.layout, **options)]
         dtype = str(bounds[0].dtype)
         try:
-            stats = summarize(to_numpy(singular_values(array, input_shape, layout=args.layout, **options)))
+            stats = summarize(to_host(singular_values(array, input_shape, layout=args.layout, **options)))
         except ValueError:
             if args.padding == "circular":
                 raise

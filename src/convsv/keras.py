@@ -32,6 +32,7 @@ import numpy as np
 
 from ._frameworks.keras import transposed_padding
 from ._layout import conv_spec, dilated_spans
+from ._lib import to_host
 from ._norms import operator_norm
 from ._projection import (
     ClipInfo,
@@ -115,14 +116,7 @@ def _per_axis(value: int | tuple[int, ...], rank: int, name: str) -> tuple[int, 
 
 def _as_numpy(value: Any) -> Any:
     """A tensor or variable of any backend as a NumPy array (on the host)."""
-    if isinstance(value, keras.Variable):
-        value = value.value
-    # Keras' convert_to_numpy calls np.array on torch and TensorFlow tensors, which NumPy 2 warns about.
-    if array_api_compat.is_torch_array(value):
-        return value.detach().cpu().numpy()
-    if keras.backend.backend() == "tensorflow" and hasattr(value, "numpy"):
-        return np.asarray(value.numpy())
-    return np.asarray(keras.ops.convert_to_numpy(value))
+    return to_host(value.value if isinstance(value, keras.Variable) else value)
 
 
 @functools.lru_cache(maxsize=64)

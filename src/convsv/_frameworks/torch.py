@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from .._layout import dilated_spans, why_not_circulant
+from .._lib import to_host
 
 LAYOUTS = {1: "OIW", 2: "OIHW", 3: "OIDHW"}
 
@@ -53,13 +54,10 @@ def conv_options(layer: Any, input_shape: Sequence[int] | None = None) -> dict[s
 
 
 def to_numpy(tensor: Any) -> Any:
-    """A host NumPy copy (float16 and bfloat16, which NumPy lacks or mishandles, as float32)."""
-    import torch
-
-    tensor = tensor.detach().cpu()
-    if tensor.dtype in (torch.float16, torch.bfloat16):
+    """A host NumPy copy, half precision as float32 (NumPy's linear algebra has no float16)."""
+    if str(tensor.dtype) in ("torch.float16", "torch.bfloat16"):
         tensor = tensor.float()
-    return tensor.numpy()
+    return to_host(tensor)
 
 
 def record_input_shapes(layers: Sequence[tuple[str, Any]], shapes: dict[str, tuple[int, ...]]) -> list[Any]:

@@ -274,6 +274,29 @@ def device_of(x: Array) -> Any:
     return array_api_compat.device(x)
 
 
+def to_host(x: Any) -> Any:
+    """A NumPy array on the host from any backend's array or tensor (a copy where it must move).
+
+    torch: detached, on the CPU, bfloat16 as float32 (NumPy has no bfloat16);
+    CuPy: copied from the device; TensorFlow: through ``.numpy()`` (NumPy 2 warns
+    on ``np.asarray`` of a tensor, whose ``__array__`` takes no ``copy``);
+    array_api_strict: through DLPack.
+    """
+    import numpy as np
+
+    if array_api_compat.is_torch_array(x):
+        x = x.detach().cpu()
+        return (x.float() if str(x.dtype) == "torch.bfloat16" else x).numpy()
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    module = type(x).__module__
+    if module.startswith("tensorflow") and hasattr(x, "numpy"):
+        return np.asarray(x.numpy())
+    if module.startswith("array_api_strict"):  # refuses __array__ off its default device
+        return np.from_dlpack(x)
+    return np.asarray(x)
+
+
 def working_dtype(xp: Namespace, dtype: Any, device: Any) -> Any:
     """The dtype the maths runs in for a kernel of ``dtype``.
 
