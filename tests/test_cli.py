@@ -12,7 +12,7 @@ import pytest
 from convsv.cli import example_kernel, main
 
 from _reference import dense_singular_values
-from conftest import require
+from helpers import require
 
 # The command line computes with NumPy unless told otherwise.
 pytestmark = pytest.mark.backend("numpy")

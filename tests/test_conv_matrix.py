@@ -10,7 +10,7 @@ import pytest
 import convsv
 
 from _reference import circular_conv, dense_matrix
-from conftest import require
+from helpers import require
 from test_spectrum import LAYOUTS, SHAPES, as_layout, random_kernel
 
 

@@ -7,7 +7,7 @@ import pytest
 
 import convsv
 
-from conftest import one_in
+from helpers import one_in
 
 FUNCTIONS = [convsv.singular_values, convsv.operator_norm, convsv.conv_matrix]
 

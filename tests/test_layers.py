@@ -18,7 +18,7 @@ import pytest
 import convsv
 
 from _reference import general_dense, layer_output_shape
-from conftest import require
+from helpers import require
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import pytest
 import convsv
 
 from _reference import dense_clip, general_dense
-from conftest import one_in
+from helpers import one_in
 
 LAYOUTS = {1: "WIO", 2: "HWIO", 3: "DHWIO"}
 MAX_NORM, MIN_NORM = 1.5, 0.7

@@ -24,7 +24,7 @@ import pytest
 import convsv
 
 from _reference import dense_matrix, general_dense
-from conftest import one_in, require
+from helpers import one_in, require
 
 ACCURACY = 2  # allowed error below the truth, in units of tol (see the module docstring)
 ROUNDOFF = 64  # allowed error above the truth, in units of the dtype's eps (float32 FFTs of the blocks)

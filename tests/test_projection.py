@@ -17,7 +17,7 @@ from _reference import (
     paper_clip,
     to_hwio,
 )
-from conftest import require
+from helpers import require
 from test_spectrum import as_layout, random_kernel
 
 # (kernel size, c_in, c_out, input_shape, layout): c_in < c_out and c_in > c_out,

@@ -8,7 +8,7 @@ import pytest
 import convsv
 
 from _reference import dense_singular_values, frequency_matrix, paper_singular_values
-from conftest import require
+from helpers import require
 
 # (spatial kernel size, c_in, c_out, input_shape): 1-D, 2-D, 3-D, non-square
 # kernels and maps, c_in != c_out, and kernels larger than the map.

@@ -6,7 +6,7 @@ import numpy as np
 
 from convsv._lib import to_host
 
-from conftest import require
+from helpers import require
 
 
 def test_every_backend_comes_back_as_the_same_numpy_array(backend, rng):

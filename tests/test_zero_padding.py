@@ -16,9 +16,9 @@ import convsv
 import convsv._norms
 import convsv._operator
 from convsv._layout import parse
-from test_layers import LAYOUT, Layer, _id
 
-from conftest import require
+from helpers import require
+from test_layers import LAYOUT, Layer, _id
 
 LAYERS = [
     Layer((3, 3), 3, 4, (7, 6), {"padding": 1, "stride": 2}),  # stride 2 on an odd map
