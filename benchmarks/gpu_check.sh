@@ -6,9 +6,23 @@
 # For a machine with CUDA, torch, JAX and CuPy installed and no package index:
 # wheels of anything missing (array-api-compat) go in .whl/ beforehand.
 # Logs and reports land in $OUT (default /tmp/convsv-gpu).
+# DRY_RUN=1, on any machine: only collect the GPU test variants and load the scripts, so that a
+# broken import or path is found before the metered GPU time is spent on it.
 set -uo pipefail
 OUT=${OUT:-/tmp/convsv-gpu}
 mkdir -p "$OUT"
+if [ "${DRY_RUN:-0}" = 1 ]; then
+    export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
+    python3 -m pytest -q --collect-only -p no:cacheprovider --ignore=tests/adapters --ignore=tests/experiments \
+        -k "torch-cuda or cupy or jax-gpu" tests >"$OUT/collect.log" 2>&1 || { tail -20 "$OUT/collect.log"; exit 1; }
+    python3 -m pytest -q --collect-only -p no:cacheprovider tests/adapters/test_torch.py -k cuda \
+        >>"$OUT/collect.log" 2>&1 || { tail -20 "$OUT/collect.log"; exit 1; }
+    grep -E "tests? collected" "$OUT/collect.log"
+    python3 -c "import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]" \
+        benchmarks/gpu_methods.py benchmarks/run.py || exit 1
+    python3 benchmarks/run.py --help >/dev/null || exit 1
+    exit 0
+fi
 if compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
@@ -21,7 +35,7 @@ for variant in torch-cuda cupy jax-gpu; do
     echo "== $variant"
     CONVSV_REQUIRE_GPU=1 CONVSV_BACKENDS=${variant%%-*} timeout 80 python3 -m pytest -q -rf -n 8 \
         -p no:cacheprovider -p no:benchmark --junitxml="$OUT/junit-$variant.xml" \
-        --ignore=tests/adapters -k "$variant" tests >"$OUT/tests-$variant.log" 2>&1 || status=1
+        --ignore=tests/adapters --ignore=tests/experiments -k "$variant" tests >"$OUT/tests-$variant.log" 2>&1 || status=1
     grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/tests-$variant.log" | tail -15
 done
 echo "== torch adapter on CUDA"

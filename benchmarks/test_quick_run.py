@@ -8,6 +8,7 @@ suite measured them against.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -36,3 +37,15 @@ def test_quick_run_writes_every_suite(tmp_path):
     assert suites["resnet32"]["projections"]
     assert suites["resnet50"]["returncode"] == 0
     assert suites["resnet50"]["layers_done"] == suites["resnet50"]["layers_requested"]
+
+
+def test_the_gpu_check_collects_on_a_machine_without_a_gpu(tmp_path):
+    # What the metered GPU run collects and loads first, with this interpreter as its python3.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    env = {**os.environ, "DRY_RUN": "1", "OUT": str(tmp_path), "PATH": path}
+    script = str(HERE / "gpu_check.sh")
+    done = subprocess.run(["bash", script], cwd=HERE.parent, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    counts = [int(line.split("/")[0]) for line in done.stdout.splitlines() if "collected" in line]
+    assert len(counts) == 2, done.stdout
+    assert min(counts) > 0, done.stdout
