@@ -87,7 +87,7 @@ def _adapter_runs(session: nox.Session, runs: list[tuple[dict[str, str], str]]) 
 # benchmarks' quick run need a subset of the same packages.
 FORMATS = [TORCH, "jax", "keras>=3.5", "onnx>=1.14", "safetensors>=0.4", "matplotlib", "scikit-learn"]
 SCRIPTS = [
-    "tests/test_analyze.py",
+    "tests/analyze",
     "tests/test_bundled_model.py",
     "tests/test_cli.py",
     "tests/experiments",
