@@ -46,7 +46,14 @@ THREADS = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THR
 # each, and level 0 halved the compile of a zero-padded norm (2.0 s -> 0.9 s) for no difference
 # in the numbers.
 XLA = {"XLA_FLAGS": "--xla_backend_optimization_level=0"}
-TEST_ENV = {"CONVSV_REQUIRE_BACKENDS": "1", "HYPOTHESIS_PROFILE": "ci", **THREADS, **XLA}
+# Every session runs the tests marked slow too (a plain `pytest` leaves them out).
+TEST_ENV = {
+    "CONVSV_REQUIRE_BACKENDS": "1",
+    "CONVSV_RUN_SLOW": "1",
+    "HYPOTHESIS_PROFILE": "ci",
+    **THREADS,
+    **XLA,
+}
 CORE_TESTS = ["--ignore=tests/adapters", "--ignore=tests/experiments"]
 
 

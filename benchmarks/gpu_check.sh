@@ -12,7 +12,7 @@ set -uo pipefail
 OUT=${OUT:-/tmp/convsv-gpu}
 mkdir -p "$OUT"
 if [ "${DRY_RUN:-0}" = 1 ]; then
-    export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
+    export PYTHONPATH=$PWD/src:${PYTHONPATH:-} CONVSV_RUN_SLOW=1
     python3 -m pytest -q --collect-only -p no:cacheprovider --ignore=tests/adapters --ignore=tests/experiments \
         -k "torch-cuda or cupy or jax-gpu" tests >"$OUT/collect.log" 2>&1 || { tail -20 "$OUT/collect.log"; exit 1; }
     python3 -m pytest -q --collect-only -p no:cacheprovider tests/adapters/test_torch.py -k cuda \
@@ -28,7 +28,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 # JAX must not take 75% of the GPU: torch and CuPy share it in the same processes.
-export PYTHONPATH=$PWD/src:${PYTHONPATH:-} XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD/src:${PYTHONPATH:-} XLA_PYTHON_CLIENT_PREALLOCATE=false PYTHONUNBUFFERED=1 CONVSV_RUN_SLOW=1
 nvidia-smi -L
 status=0
 for variant in torch-cuda cupy jax-gpu; do

@@ -129,7 +129,10 @@ def _half_the_jax_float32_cases(items: list[pytest.Item]) -> list[pytest.Item]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the backends that ``CONVSV_BACKENDS`` leaves out, and half the float32 JAX cases.
+    """Deselect the backends that ``CONVSV_BACKENDS`` leaves out, half the float32 JAX cases, slow tests.
+
+    Tests marked ``slow`` run with ``--run-slow`` or ``CONVSV_RUN_SLOW=1``
+    (every nox session sets it): a plain ``pytest`` is the quick loop.
 
     A test runs on a backend through the ``backend`` fixture, or through a
     ``@pytest.mark.backend("torch")`` marker when it uses one library
@@ -137,13 +140,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """
     keep, drop = [], []
     halved = {id(item) for item in _half_the_jax_float32_cases(items)}
+    slow = config.getoption("--run-slow") or os.environ.get("CONVSV_RUN_SLOW") == "1"
     for item in items:
         callspec = getattr(item, "callspec", None)
         name = callspec.params.get("backend") if callspec is not None else None
         marker = item.get_closest_marker("backend")
         if name is None and marker is not None:
             name = marker.args[0]
-        (keep if (name is None or selected(name)) and id(item) not in halved else drop).append(item)
+        wanted = (name is None or selected(name)) and id(item) not in halved
+        (keep if wanted and (slow or item.get_closest_marker("slow") is None) else drop).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
@@ -161,7 +166,10 @@ hypothesis.settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """The random campaign's options (tests/fuzz, docs/accuracy.md); here, so ``pytest tests`` has them."""
+    """``--run-slow``, and the random campaign's options (tests/fuzz, docs/accuracy.md)."""
+    parser.addoption(
+        "--run-slow", action="store_true", help="also run the tests marked slow (or CONVSV_RUN_SLOW=1)"
+    )
     group = parser.getgroup("convsv fuzz campaign (tests/fuzz)")
     group.addoption(
         "--examples",

@@ -429,6 +429,7 @@ def train(data, route, steps=STEPS):
 
 # The constraint projects after every step (the tight zero-padded projection, about a second a
 # step here), so it trains for half the steps; it still passes the same accuracy.
+@pytest.mark.slow
 @pytest.mark.parametrize(("route", "steps"), [("constraint", STEPS // 2), ("callback", STEPS)])
 def test_digits_training_with_the_bound(data, route, steps):
     _, accuracy, callbacks = train(data, route, steps)
@@ -443,6 +444,7 @@ def test_digits_training_with_the_bound(data, route, steps):
     assert accuracy > 0.6
 
 
+@pytest.mark.slow
 def test_digits_training_without_the_bound_exceeds_it(data):
     model, accuracy, _ = train(data, "none")
     norms = conv_norms(model)
