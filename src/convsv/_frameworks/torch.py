@@ -42,7 +42,7 @@ def conv_options(layer: Any, input_shape: Sequence[int] | None = None) -> dict[s
             "circular padding that makes a circulant map"
         )
         raise ValueError(msg)
-    # (before, after) per axis, first axis first: PyTorch stores them last axis first, after first.
+    # (before, after) per axis, first axis first: PyTorch stores the pairs last axis first.
     flat = layer._reversed_padding_repeated_twice
     pads = [(flat[2 * (d - 1 - axis)], flat[2 * (d - 1 - axis) + 1]) for axis in range(d)]
     spans = dilated_spans(layer.kernel_size, layer.dilation)
