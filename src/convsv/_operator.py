@@ -651,10 +651,11 @@ def lanczos_norm(
         ritz, best, _ = state
         new = cycle(ritz.vector, iterations - ritz.steps)
         new = new._replace(steps=ritz.steps + new.steps)
-        # Keep each group's largest value: every value is a lower bound of the norm, and a cycle
-        # can end lower than the last (round-off makes Lanczos vectors lose orthogonality within a
-        # few steps when the top values bunch, as after a clip; found by the random campaign).
-        better = new.value >= best.value
+        # Keep each group's best-certified pair (the smallest residual: its value is the nearest to a
+        # singular value), not the last: when the top values bunch, as after a clip, round-off costs
+        # the Lanczos vectors their orthogonality within a few steps, and a restart can end farther
+        # off than the cycle before it (found by the random campaign).
+        better = new.residual <= best.residual
         kept = Ritz(
             xp.where(better, new.value, best.value),
             xp.where(better[:, None], new.vector, best.vector),
