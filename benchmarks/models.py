@@ -63,11 +63,6 @@ def resnet32(num_classes: int = 10):
     return cifar_resnet(32, num_classes=num_classes)
 
 
-def conv_input_shapes(model, example):
-    """Each convolution's input spatial shape, from one forward pass (``input_shapes`` of the experiments)."""
-    return _clipping().input_shapes(model, example)
-
-
 def _clipping():
     """``experiments/clipping.py``, which holds what the benchmarks share with the experiments."""
     experiments = str(Path(__file__).resolve().parents[1] / "experiments")

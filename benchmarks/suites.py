@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from models import cifar_resnet, conv_input_shapes
+from models import cifar_resnet
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import convsv
@@ -442,7 +442,7 @@ def resnet32_suite(timer: Timer, device: str, quick: bool) -> dict:
     log(f"resnet32: training step, batch {batch}")
     model.train()
     _, step = timer(train_step)
-    shapes = conv_input_shapes(model, x[:1])
+    shapes = convsv.torch.input_shapes(model, x[:1])
     weights = copy.deepcopy(model.state_dict())
 
     def restore() -> None:
