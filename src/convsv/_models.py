@@ -30,7 +30,6 @@ from typing import Any
 from ._frameworks import keras as keras_layers
 from ._frameworks import torch as torch_layers
 from ._layout import LAYOUTS, _same_pads, dilated_spans
-from ._lib import to_host
 
 # The options a stored layer may set, with the values a tensor-only format implies.
 ASSUMED_OPTIONS: dict[str, Any] = {
@@ -308,15 +307,6 @@ def _keras_layers(keras: Any, layer: Any, prefix: str = "") -> list[tuple[str, A
     return found
 
 
-def _keras_numpy(keras: Any, x: Any) -> Any:
-    """A Keras variable or tensor as a NumPy array.
-
-    Through the variable's value: ``np.array(variable)`` warns on NumPy 2 (its ``__array__``
-    takes no ``copy``), and so do ``get_weights()`` and ``convert_to_numpy(variable)``.
-    """
-    return to_host(x.value if isinstance(x, keras.Variable) else x)
-
-
 def _spatial(shape: Any, channels_first: bool) -> tuple[int, ...] | None:
     spatial = tuple(shape[2:] if channels_first else shape[1:-1])
     return spatial if all(isinstance(n, int) and n > 0 for n in spatial) else None
@@ -351,7 +341,7 @@ def _keras_conv(keras: Any, name: str, layer: Any) -> list[ConvLayer]:
     }
 
     def numpy(x: Any) -> Any:
-        return _keras_numpy(keras, x)
+        return keras_layers.to_numpy(x)
 
     layout = layout_for(ndim, True)
     if isinstance(layer, depthwise + separable):
@@ -391,7 +381,7 @@ def read_keras(path: Path, input_size: Sequence[int] | None, layout: str | None)
         new_shape = (channels, *size) if first else (*size, channels)
         try:
             clone = keras.models.clone_model(model, input_tensors=keras.Input(shape=new_shape))
-            clone.set_weights([_keras_numpy(keras, w) for w in model.weights])  # a clone has fresh weights
+            clone.set_weights([keras_layers.to_numpy(w) for w in model.weights])  # a clone has fresh weights
         except Exception as err:
             msg = f"{path}: cannot rebuild the model on an input of shape {new_shape}: {err}"
             raise ModelError(msg) from None

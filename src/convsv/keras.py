@@ -30,9 +30,8 @@ import array_api_compat
 import keras
 import numpy as np
 
-from ._frameworks.keras import transposed_padding
+from ._frameworks.keras import to_numpy, transposed_padding
 from ._layout import conv_spec, dilated_spans
-from ._lib import to_host
 from ._norms import operator_norm
 from ._projection import (
     ClipInfo,
@@ -112,11 +111,6 @@ def _per_axis(value: int | tuple[int, ...], rank: int, name: str) -> tuple[int, 
         msg = f"`{name}` has {len(value)} entries but the kernel has {rank} spatial axes"
         raise ValueError(msg)
     return value
-
-
-def _as_numpy(value: Any) -> Any:
-    """A tensor or variable of any backend as a NumPy array (on the host)."""
-    return to_host(value.value if isinstance(value, keras.Variable) else value)
 
 
 @functools.lru_cache(maxsize=64)
@@ -433,7 +427,7 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
         if backend == "torch":
             value = value.detach()
         elif backend != "numpy":
-            value = _as_numpy(value)
+            value = to_numpy(value)
         new, info = self._project_array(value, return_info=True)
         return new, info
 
@@ -446,11 +440,11 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
         if backend in ("torch", "numpy"):
             return self._project_array(keras.ops.stop_gradient(value), return_info=False)
         if backend != "tensorflow":
-            return keras.ops.convert_to_tensor(self._project_array(_as_numpy(value), return_info=False))
+            return keras.ops.convert_to_tensor(self._project_array(to_numpy(value), return_info=False))
         import tensorflow as tf
 
         if tf.executing_eagerly():  # (tf.numpy_function would convert with np.array, which NumPy 2 flags)
-            return tf.convert_to_tensor(self._project_array(_as_numpy(value), return_info=False))
+            return tf.convert_to_tensor(self._project_array(to_numpy(value), return_info=False))
         if _in_xla_context():
             msg = (
                 "OperatorNormConstraint runs its projection in NumPy on the TensorFlow backend "
@@ -489,7 +483,7 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
             for zero padding, the norm of the zero-padded layer itself (at
             most that of the circular layer the projection bounds).
         """
-        value = _as_numpy(kernel)
+        value = to_numpy(kernel)
         if value.dtype.kind == "f":
             value = value.astype(np.float64)
         shape, options = self.convsv_options(value.shape)
@@ -803,9 +797,9 @@ def _project_all(kernels: Sequence[tuple[str, str, Any, OperatorNormConstraint]]
         LayerReport(
             name,
             attr,
-            float(_as_numpy(info.initial_norm)),
-            float(_as_numpy(info.norm)),
-            int(_as_numpy(info.iterations)),
+            float(to_numpy(info.initial_norm)),
+            float(to_numpy(info.norm)),
+            int(to_numpy(info.iterations)),
         )
         for name, attr, _, _, info in results
     ]

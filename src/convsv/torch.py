@@ -150,8 +150,8 @@ def layer_options(layer: nn.Module, input_shape: Sequence[int] | None = None) ->
         or circular padding that is not a circulant map: one whose output is
         not ``input / stride`` (for stride 1, padding other than
         ``(kernel span - 1)`` in all per axis), which repeats or drops rows
-        of the circular layer. ``convsv analyze`` leaves such layers out,
-        with the same reason.
+        of the circular layer. ``convsv analyze`` refuses such layers with
+        the same reason (its ``--layers`` can leave them out).
 
     Examples
     --------

@@ -1,8 +1,11 @@
-"""Keras convolutions in convsv's terms (pure arithmetic: nothing here imports Keras)."""
+"""Keras convolutions in convsv's terms (Keras is imported only by a call that needs it)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+from .._lib import to_host
 
 Pads = tuple[tuple[int, int], ...]
 
@@ -36,3 +39,15 @@ def transposed_padding(
     extras = (None,) * len(spans) if output_padding is None else tuple(output_padding)
     axes = [_transposed_axis(w, s, padding, e) for w, s, e in zip(spans, strides, extras, strict=True)]
     return tuple((a, b) for a, b, _ in axes), tuple(e for _, _, e in axes)
+
+
+def to_numpy(x: Any) -> Any:
+    """A Keras variable or tensor as a host NumPy array.
+
+    Through the variable's value: ``np.array(variable)`` warns on NumPy 2 (its
+    ``__array__`` takes no ``copy``), and so do ``get_weights()`` and
+    ``convert_to_numpy(variable)``.
+    """
+    import keras
+
+    return to_host(x.value if isinstance(x, keras.Variable) else x)
