@@ -164,7 +164,7 @@ def layer_options(layer: nn.Module, input_shape: Sequence[int] | None = None) ->
     return conv_options(_as_conv(layer), input_shape)
 
 
-def input_shapes(module: nn.Module, example_input: Any) -> dict[str, tuple[int, ...]]:
+def input_shapes(module: object, example_input: Any) -> dict[str, tuple[int, ...]]:
     """Each convolution's input spatial shape, recorded during one forward pass.
 
     Parameters
@@ -183,6 +183,12 @@ def input_shapes(module: nn.Module, example_input: Any) -> dict[str, tuple[int, 
         input, for each convolution the pass called (the last call's, for a
         layer called more than once).
 
+    Raises
+    ------
+    TypeError
+        If ``module`` is not a ``torch.nn.Module``. Errors of the forward
+        pass itself (an input of the wrong shape) are PyTorch's own.
+
     Examples
     --------
     >>> import torch
@@ -191,6 +197,9 @@ def input_shapes(module: nn.Module, example_input: Any) -> dict[str, tuple[int, 
     >>> input_shapes(model, torch.zeros(1, 1, 16, 16))
     {'0': (16, 16), '1': (7, 7)}
     """
+    if not isinstance(module, nn.Module):
+        msg = f"`module` must be a torch.nn.Module, got {type(module).__name__}"
+        raise TypeError(msg)
     return forward_input_shapes(module, list(conv_layers(module)), example_input)
 
 

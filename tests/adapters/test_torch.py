@@ -133,6 +133,8 @@ def test_input_shapes_come_from_one_pass_in_eval_mode():
     assert torch.equal(model[1].running_mean, statistics)  # eval mode: statistics untouched
     # Unbatched input, a tuple unpacked into the call.
     assert convsv.torch.input_shapes(nn.Conv1d(2, 2, 3), (torch.ones(2, 9),)) == {"": (9,)}
+    with pytest.raises(TypeError, match=r"`module` must be a torch\.nn\.Module, got dict"):
+        convsv.torch.input_shapes({"conv": nn.Conv1d(2, 2, 3)}, torch.ones(2, 9))
 
 
 def test_layer_options_refuse_other_layers():
