@@ -11,11 +11,12 @@ with input and output swapped.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from . import _checks
 from ._lib import Array, Namespace, device_of, namespace_of, working_dtype
@@ -106,6 +107,17 @@ class ConvSpec:
     def layer_output(self) -> tuple[int, ...]:
         """Spatial shape of what the layer produces."""
         return self.conv_input if self.transposed else self.conv_output
+
+    def circular_twin(self) -> ConvSpec:
+        """The circular layer on ``grid`` that contains this one (this one, if circular).
+
+        A zero-padded layer is that layer with its input restricted to the map
+        and its output to the valid positions (a compression), so the twin's
+        norm bounds it from above.
+        """
+        if self.pads is None:
+            return self
+        return dataclasses.replace(self, conv_input=self.grid, conv_output=self.freq_grid, pads=None)
 
     def with_grid(self, grid: tuple[int, ...]) -> ConvSpec:
         """The circular layer with a full-size kernel on ``grid`` (what a frequency-domain clip returns)."""
@@ -363,27 +375,53 @@ def from_spatial_first(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
     return xp.permute_dims(kernel, (d + 1, d, *range(d)))
 
 
-class Parsed(NamedTuple):
-    """A validated kernel: spatial-first, in its working dtype, with what produced it."""
-
-    kernel: Array
-    spec: ConvSpec
-    xp: Namespace
-    dtype: Any  # the dtype the user passed
-
-
 def parse(
     kernel: object,
-    input_shape: int | Sequence[int],
-    layout: str,
-    xp: Namespace | None,
-    **options: Any,
-) -> Parsed:
-    """The common front door of every public function; ``options`` are the layer's (stride, ...)."""
-    array, xp = namespace_of(kernel, xp)
-    spec = conv_spec(tuple(array.shape), input_shape, layout, **options)
-    user_dtype = array.dtype
-    dtype = working_dtype(xp, user_dtype, device_of(array))
-    if dtype != user_dtype:
-        array = xp.astype(array, dtype)
-    return Parsed(to_spatial_first(array, spec, xp), spec, xp, user_dtype)
+    input_shape: object,
+    layout: object,
+    xp: object,
+    stride: object = 1,
+    dilation: object = 1,
+    groups: object = 1,
+    transposed: object = False,
+    padding: object = "circular",
+    output_padding: object = 0,
+) -> tuple[Array, ConvSpec, Namespace]:
+    """The common front door of every public function: ``(kernel as an array, spec, namespace)``.
+
+    The kernel stays in the user's layout and dtype; :func:`working_kernel`
+    turns it into what the maths takes.
+    """
+    array, namespace = namespace_of(kernel, xp)  # type: ignore[arg-type]
+    spec = conv_spec(
+        tuple(array.shape),
+        input_shape,
+        layout,  # type: ignore[arg-type]
+        stride=stride,
+        dilation=dilation,
+        groups=groups,
+        transposed=transposed,
+        padding=padding,
+        output_padding=output_padding,
+    )
+    return array, spec, namespace
+
+
+def working_kernel(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
+    """A kernel in ``spec``'s layout as the maths takes it: spatial-first, in its working dtype."""
+    dtype = working_dtype(xp, kernel.dtype, device_of(kernel))
+    if dtype != kernel.dtype:
+        kernel = xp.astype(kernel, dtype)
+    return to_spatial_first(kernel, spec, xp)
+
+
+def user_kernel(kernel: Array, spec: ConvSpec, xp: Namespace, user_dtype: Any) -> Array:
+    """A spatial-first working-dtype kernel back in ``spec``'s layout and the user's dtype.
+
+    Floating and complex kernels keep their dtype (float16 stays float16);
+    integer kernels cannot hold a projection and come back in the working float.
+    """
+    out = from_spatial_first(kernel, spec, xp)
+    if xp.isdtype(user_dtype, ("real floating", "complex floating")) and out.dtype != user_dtype:
+        out = xp.astype(out, user_dtype)
+    return out

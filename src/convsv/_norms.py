@@ -6,9 +6,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ._checks import choice, integer, optional_integer, real
+from ._checks import optional_integer
 from ._docs import fill_layer_doc
-from ._layout import ConvSpec, parse
+from ._layout import ConvSpec, parse, working_kernel
 from ._lib import (
     Array,
     Namespace,
@@ -22,6 +22,7 @@ from ._lib import (
 )
 from ._limits import check_memory
 from ._operator import BLOCK_CAPACITY, LANCZOS_CAPACITY, basis_rows, forward_matrix, padded_values
+from ._options import DEFAULT_MAX_MEMORY, NormOptions
 from ._spectrum import (
     blocks_by_rows,
     gram_iteration_bounds,
@@ -36,25 +37,8 @@ from ._spectrum import (
 #: Largest dense matrix (entries) whose SVD :func:`singular_values` computes for zero padding.
 MAX_DENSE_SVD = 2**24
 
-#: Ways to compute the circular layer's norm (see :func:`operator_norm`).
-NORM_METHODS = ("auto", "svd", "eigh", "gram", "power")
-
-#: Default bound on the memory the per-frequency blocks take at once (bytes).
-DEFAULT_MAX_MEMORY = 2**30
-
 #: Most squarings of the Gram iteration: beyond ~30 the bound no longer moves in float64.
 MAX_GRAM_STEPS = 30
-
-
-def check_chunking(chunk_size: object, max_memory: object) -> tuple[int | None, int | None]:
-    """Validate the memory options shared by every public function; returns them as Python ints."""
-    return optional_integer(chunk_size, "chunk_size"), optional_integer(max_memory, "max_memory")
-
-
-def _tolerance(tol: float | None, dtype: Any, xp: Namespace) -> float:
-    if tol is None:
-        return 1e-6 if dtype in (xp.float64, xp.complex128) else 1e-5
-    return real(tol, "tol", "a number in [0, 1)", at_least=0.0, below=1.0)
 
 
 def _pointwise(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array | None:
@@ -71,31 +55,22 @@ def _pointwise(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array | None:
     return grouped(kernel, spec, xp)[first_tap]
 
 
-def circular_norm(
-    kernel: Array,
-    spec: ConvSpec,
-    xp: Namespace,
-    *,
-    method: str = "auto",
-    tol: float | None = None,
-    iterations: int = 640,
-    chunk_size: int | None = None,
-    max_memory: int | None = DEFAULT_MAX_MEMORY,
-) -> Array:
-    """Norm of the circular layer on ``spec.grid``: the largest block singular value, chunk by chunk."""
-    method = choice(method, "method", NORM_METHODS)
-    tolerance = _tolerance(tol, kernel.dtype, xp)
-    iterations = _check_iterations(iterations)
-    chunk_size, max_memory = check_chunking(chunk_size, max_memory)
+def circular_norm(kernel: Array, spec: ConvSpec, xp: Namespace, options: NormOptions) -> Array:
+    """Norm of the circular layer on ``spec.grid``: the largest block singular value, chunk by chunk.
+
+    ``kernel`` is spatial-first in its working dtype (see :func:`~convsv._layout.working_kernel`).
+    """
+    method = options.method
     if method == "auto":  # measured: gram 65-270x the two-liner on an H200, eigh 10x; eigh fastest on CPUs
         method = "gram" if on_accelerator(kernel) else "eigh"
+    tolerance = options.tolerance(kernel.dtype, xp)
     kernel, scale = unit_scale(kernel, xp)  # every method squares: work where that cannot overflow
     best: Array | None = None
     pointwise = _pointwise(kernel, spec, xp)
     chunks = (
         [(None, pointwise)]
         if pointwise is not None
-        else blocks_by_rows(kernel, spec, xp, chunk_size, max_memory)
+        else blocks_by_rows(kernel, spec, xp, options.chunk_size, options.max_memory)
     )
     for _, blocks in chunks:
         if method == "svd":
@@ -103,38 +78,33 @@ def circular_norm(
         elif method == "eigh":
             value = xp.max(top_singular_values(blocks, xp))
         elif method == "power":
-            value = power_iteration_norm(blocks, tolerance, iterations, xp)
+            value = power_iteration_norm(blocks, tolerance, options.iterations, xp)
         else:
             floor = (
                 xp.zeros((), dtype=xp.real(blocks).dtype, device=device_of(blocks)) if best is None else best
             )
-            _, value = gram_iteration_bounds(blocks, floor, tolerance, min(iterations, MAX_GRAM_STEPS), xp)
+            steps = min(options.iterations, MAX_GRAM_STEPS)
+            _, value = gram_iteration_bounds(blocks, floor, tolerance, steps, xp)
         best = value if best is None else xp.maximum(best, value)
     return zero_d(best * scale, xp)
 
 
-def _check_iterations(iterations: object) -> int:
-    return integer(iterations, "iterations")
+def lanczos_options(kernel: Array, spec: ConvSpec, xp: Namespace, options: NormOptions) -> dict[str, Any]:
+    """What :func:`padded_values` takes for a zero-padded norm with ``options``."""
+    rows = basis_rows(1, spec, _itemsize(kernel, xp), options.max_memory, LANCZOS_CAPACITY)
+    return {
+        "tol": options.tolerance(kernel.dtype, xp),
+        "iterations": options.iterations,
+        "capacity": rows,
+        "max_memory": options.max_memory,
+    }
 
 
-def padded_norm_options(
-    kernel: Array, spec: ConvSpec, xp: Namespace, tol: float | None, iterations: int, max_memory: int | None
-) -> dict[str, Any]:
-    """The public options of a zero-padded norm, checked, as :func:`padded_values` takes them."""
-    iterations = _check_iterations(iterations)
-    _, max_memory = check_chunking(None, max_memory)
-    rows = basis_rows(1, spec, _itemsize(kernel, xp), max_memory, LANCZOS_CAPACITY)
-    tolerance = _tolerance(tol, kernel.dtype, xp)
-    return {"tol": tolerance, "iterations": iterations, "capacity": rows, "max_memory": max_memory}
-
-
-def padded_norm(
-    kernel: Array, spec: ConvSpec, xp: Namespace, tol: float | None, iterations: int, max_memory: int | None
-) -> Array:
-    """The zero-padded layer's norm (see :func:`padded_values`)."""
-    options = padded_norm_options(kernel, spec, xp, tol, iterations, max_memory)
+def padded_norm(kernel: Array, spec: ConvSpec, xp: Namespace, options: NormOptions) -> Array:
+    """The zero-padded layer's norm (see :func:`padded_values`) of a spatial-first working kernel."""
+    iteration = lanczos_options(kernel, spec, xp, options)
     unit, scale = unit_scale(kernel, xp)
-    norm, _ = padded_values(unit, spec, xp, count=None, **options)
+    norm, _ = padded_values(unit, spec, xp, count=None, **iteration)
     return zero_d(norm * scale, xp)
 
 
@@ -142,13 +112,51 @@ def _itemsize(kernel: Array, xp: Namespace) -> int:
     return 8 if kernel.dtype in (xp.float64, xp.complex64) else 16 if kernel.dtype == xp.complex128 else 4
 
 
-def _check_count(k: object, total: int) -> int | None:
+def check_count(k: object, spec: ConvSpec) -> int | None:
+    """``k`` of :func:`singular_values`: ``None`` or how many of the layer's values to return."""
+    total = _count_of_values(spec)
     expected = f"an int from 1 to the number of singular values ({total})"
     return optional_integer(k, "k", 1, total, expected=expected)
 
 
+# --- the spec level: a kernel in its layer's layout, a validated spec and options ----------------------
+# The public functions below parse their arguments into these; the adapters and the command line, which
+# build a spec once per layer, call them directly. Compiled once per spec and options on JAX.
+
+
 @full_precision
 @compiled_for_jax
+def spectrum(kernel: Array, spec: ConvSpec, xp: Namespace, count: int | None, options: NormOptions) -> Array:
+    """:func:`singular_values` of ``kernel`` (in ``spec``'s layout); ``count`` from :func:`check_count`."""
+    array = working_kernel(kernel, spec, xp)
+    if spec.circular:  # the whole spectrum is computed (and kept, sorted, mirrored) even for `count`
+        result = _count_of_values(spec) * (8 if array.dtype in (xp.float64, xp.complex128) else 4)
+        check_memory(result, options.max_memory, f"the {_count_of_values(spec)} singular values", spec)
+    array, scale = unit_scale(array, xp)  # values of kernel / scale, times scale: no overflow
+    return scale * _spectrum_of_unit(array, spec, xp, count, options)
+
+
+@full_precision
+@compiled_for_jax
+def norm(kernel: Array, spec: ConvSpec, xp: Namespace, options: NormOptions) -> Array:
+    """:func:`operator_norm` of ``kernel`` (in ``spec``'s layout)."""
+    array = working_kernel(kernel, spec, xp)
+    if spec.circular:
+        return circular_norm(array, spec, xp, options)
+    return padded_norm(array, spec, xp, options)
+
+
+@full_precision
+@compiled_for_jax
+def norm_bounds(kernel: Array, spec: ConvSpec, xp: Namespace, options: NormOptions) -> tuple[Array, Array]:
+    """:func:`operator_norm_bounds` of ``kernel`` (in ``spec``'s layout)."""
+    array = working_kernel(kernel, spec, xp)
+    upper = circular_norm(array, spec, xp, options)  # the circular layer on the (padded) grid
+    if spec.circular:
+        return upper, upper
+    return padded_norm(array, spec, xp, options), upper
+
+
 @fill_layer_doc
 def singular_values(
     kernel: Array,
@@ -314,42 +322,19 @@ def singular_values(
     >>> convsv.singular_values(box, (8, 8), padding=1, k=3)
     Array([8.29085937, 7.29085937, 7.29085937], dtype=array_api_strict.float64)
     """
-    array, spec, xp, _ = parse(
-        kernel,
-        input_shape,
-        layout,
-        xp,
-        stride=stride,
-        dilation=dilation,
-        groups=groups,
-        transposed=transposed,
-        padding=padding,
-        output_padding=output_padding,
+    array, spec, xp = parse(
+        kernel, input_shape, layout, xp, stride, dilation, groups, transposed, padding, output_padding
     )
-    chunk_size, max_memory = check_chunking(chunk_size, max_memory)
-    if spec.circular:  # the whole spectrum is computed (and kept, sorted, mirrored) even for `k`
-        result = _count_of_values(spec) * (8 if array.dtype in (xp.float64, xp.complex128) else 4)
-        check_memory(result, max_memory, f"the {_count_of_values(spec)} singular values", spec)
-    count = _check_count(k, _count_of_values(spec))
-    tolerance = _tolerance(tol, array.dtype, xp)
-    iterations = _check_iterations(iterations)
-    array, scale = unit_scale(array, xp)  # values of kernel / scale, times scale: no overflow
-    return scale * _spectrum_of_unit(array, spec, xp, count, tolerance, iterations, chunk_size, max_memory)
+    options = NormOptions(tol=tol, iterations=iterations, chunk_size=chunk_size, max_memory=max_memory)
+    return spectrum(array, spec, xp, check_count(k, spec), options)
 
 
 def _spectrum_of_unit(
-    array: Array,
-    spec: ConvSpec,
-    xp: Namespace,
-    count: int | None,
-    tolerance: float,
-    iterations: int,
-    chunk_size: int | None,
-    max_memory: int | None,
+    array: Array, spec: ConvSpec, xp: Namespace, count: int | None, options: NormOptions
 ) -> Array:
     """:func:`singular_values` of a kernel whose largest entry is about 1."""
     if spec.circular:
-        values = _circular_spectrum(array, spec, xp, chunk_size, max_memory)
+        values = _circular_spectrum(array, spec, xp, options.chunk_size, options.max_memory)
         return values if count is None else _largest(values, count, xp)
     n_in, n_out = (
         spec.in_channels * math.prod(spec.conv_input),
@@ -366,16 +351,17 @@ def _spectrum_of_unit(
             "padding='circular' for the exact spectrum of the circular layer"
         )
         raise ValueError(msg)
-    rows = basis_rows(3, spec, _itemsize(array, xp), max_memory, max(BLOCK_CAPACITY, 4 * count), count=count)
+    capacity = max(BLOCK_CAPACITY, 4 * count)
+    rows = basis_rows(3, spec, _itemsize(array, xp), options.max_memory, capacity, count=count)
     values, _ = padded_values(
         array,
         spec,
         xp,
         count=count,
-        tol=tolerance,
-        iterations=iterations,
+        tol=options.tolerance(array.dtype, xp),
+        iterations=options.iterations,
         capacity=rows,
-        max_memory=max_memory,
+        max_memory=options.max_memory,
     )
     return values
 
@@ -411,8 +397,6 @@ def _largest(values: Array, count: int, xp: Namespace) -> Array:
     return xp.flip(xp.sort(xp.reshape(values, (-1,))), axis=0)[:count]
 
 
-@full_precision
-@compiled_for_jax
 @fill_layer_doc
 def operator_norm(
     kernel: Array,
@@ -546,35 +530,12 @@ def operator_norm(
     >>> convsv.operator_norm(xp.ones((3, 3, 1, 1)), 8, padding="same")
     Array(8.29085937, dtype=array_api_strict.float64)
     """
-    k, spec, xp, _ = parse(
-        kernel,
-        input_shape,
-        layout,
-        xp,
-        stride=stride,
-        dilation=dilation,
-        groups=groups,
-        transposed=transposed,
-        padding=padding,
-        output_padding=output_padding,
+    array, spec, xp = parse(
+        kernel, input_shape, layout, xp, stride, dilation, groups, transposed, padding, output_padding
     )
-    if spec.circular:
-        return circular_norm(
-            k,
-            spec,
-            xp,
-            method=method,
-            tol=tol,
-            iterations=iterations,
-            chunk_size=chunk_size,
-            max_memory=max_memory,
-        )
-    choice(method, "method", NORM_METHODS)  # unused with zero padding, but a typo is still an error
-    return padded_norm(k, spec, xp, tol, iterations, max_memory)
+    return norm(array, spec, xp, NormOptions(method, tol, iterations, chunk_size, max_memory))
 
 
-@full_precision
-@compiled_for_jax
 @fill_layer_doc
 def operator_norm_bounds(
     kernel: Array,
@@ -647,29 +608,7 @@ def operator_norm_bounds(
     >>> bool(lower <= upper), float(upper)
     (True, 9.0)
     """
-    k, spec, xp, _ = parse(
-        kernel,
-        input_shape,
-        layout,
-        xp,
-        stride=stride,
-        dilation=dilation,
-        groups=groups,
-        transposed=transposed,
-        padding=padding,
-        output_padding=output_padding,
+    array, spec, xp = parse(
+        kernel, input_shape, layout, xp, stride, dilation, groups, transposed, padding, output_padding
     )
-    upper = circular_norm(
-        k,
-        spec,
-        xp,
-        method=method,
-        tol=tol,
-        iterations=iterations,
-        chunk_size=chunk_size,
-        max_memory=max_memory,
-    )
-    if spec.circular:
-        return upper, upper
-    lower = padded_norm(k, spec, xp, tol, iterations, max_memory)
-    return lower, upper
+    return norm_bounds(array, spec, xp, NormOptions(method, tol, iterations, chunk_size, max_memory))

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from ._checks import optional_integer
 from ._docs import fill_layer_doc
-from ._layout import ConvSpec, parse
+from ._layout import ConvSpec, parse, working_kernel
 from ._lib import (
     Array,
     Namespace,
@@ -89,8 +89,6 @@ def forward_matrix(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
     return xp.reshape(taps, (spec.out_channels * offset.shape[0], spec.in_channels * offset.shape[1]))
 
 
-@full_precision
-@compiled_for_jax
 @fill_layer_doc
 def conv_matrix(
     kernel: Array,
@@ -177,17 +175,8 @@ def conv_matrix(
     Array([[-1.,  1.,  0.,  0.,  0.],
            [ 0.,  0., -1.,  1.,  0.]], dtype=array_api_strict.float64)
     """
-    k, spec, xp, _ = parse(
-        kernel,
-        input_shape,
-        layout,
-        xp,
-        stride=stride,
-        dilation=dilation,
-        groups=groups,
-        transposed=transposed,
-        padding=padding,
-        output_padding=output_padding,
+    array, spec, xp = parse(
+        kernel, input_shape, layout, xp, stride, dilation, groups, transposed, padding, output_padding
     )
     max_entries = optional_integer(max_entries, "max_entries", minimum=0)
     entries = spec.out_channels * math.prod(spec.conv_output) * spec.in_channels * math.prod(spec.conv_input)
@@ -197,7 +186,14 @@ def conv_matrix(
             "use singular_values/operator_norm for large layers, or raise max_entries"
         )
         raise ValueError(msg)
-    matrix = forward_matrix(k, spec, xp)
+    return dense_matrix(array, spec, xp)
+
+
+@full_precision
+@compiled_for_jax
+def dense_matrix(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
+    """:func:`conv_matrix` of ``kernel`` (in ``spec``'s layout), transposed layers included."""
+    matrix = forward_matrix(working_kernel(kernel, spec, xp), spec, xp)
     return xp.matrix_transpose(matrix) if spec.transposed else matrix
 
 

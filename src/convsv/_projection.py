@@ -21,10 +21,8 @@ import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-from ._checks import choice, integer, optional_real
-from ._checks import real as real_number
 from ._docs import fill_layer_doc
-from ._layout import ConvSpec, from_spatial_first, parse
+from ._layout import ConvSpec, parse, user_kernel, working_kernel
 from ._lib import (
     Array,
     Namespace,
@@ -39,8 +37,9 @@ from ._lib import (
     while_loop,
     zero_d,
 )
-from ._norms import DEFAULT_MAX_MEMORY, check_chunking, circular_norm, padded_norm_options
+from ._norms import circular_norm, lanczos_options
 from ._operator import padded_values
+from ._options import DEFAULT_MAX_MEMORY, ClipOptions, NormOptions
 from ._spectrum import (
     blocks_by_rows,
     conjugate_phases,
@@ -58,11 +57,6 @@ from ._spectrum import (
     self_conjugate_rows,
     small_gram,
 )
-
-METHODS = ("alternating", "extrapolated", "dykstra")
-
-#: What a zero-padded layer's projection holds at ``max_norm`` (see :func:`clip_operator_norm`).
-BOUNDS = ("tight", "circular")
 
 #: How far below ``max_norm`` a tight projection may land (relative), and its most clip levels.
 LEVEL_SLACK = 8e-4
@@ -97,47 +91,6 @@ class ClipInfo(NamedTuple):
     iterations: Array
     converged: Array
     initial_norm: Array
-
-
-def _bound(value: object, name: str) -> float:
-    return real_number(value, name, "a finite non-negative number", at_least=0.0)
-
-
-def positive_bound(value: object, name: str = "max_norm") -> float:
-    """A finite, strictly positive bound: what the training adapters accept (zero would erase a layer)."""
-    return real_number(value, name, "a finite positive number", above=0.0)
-
-
-def _check_bounds(max_norm: object, min_norm: object) -> tuple[float, float | None]:
-    upper = _bound(max_norm, "max_norm")
-    lower = None if min_norm is None else _bound(min_norm, "min_norm")
-    if lower is not None and lower > upper:
-        msg = f"`min_norm` ({lower}) must not exceed `max_norm` ({upper})"
-        raise ValueError(msg)
-    return upper, lower
-
-
-def _check_bound_choice(bound: object) -> str:
-    return choice(bound, "bound", BOUNDS)
-
-
-def _check_lower_clip(min_norm: object, bound: object, circular: bool) -> None:
-    """``min_norm`` needs the circular projection where the layer pads with zeros."""
-    if min_norm is not None and bound == "tight" and not circular:
-        msg = (
-            "`min_norm` with zero padding needs bound='circular' (it clips the circular layer on "
-            "the padded map); the tight projection holds the zero-padded layer's largest value only"
-        )
-        raise ValueError(msg)
-
-
-def _check_schedule(method: object, iterations: object, tol: object) -> tuple[str, int, float | None]:
-    """The projection's loop options, as ``(method, iterations, tol)`` in Python types."""
-    return (
-        choice(method, "method", METHODS),
-        integer(iterations, "iterations"),
-        optional_real(tol, "tol", "None or a finite non-negative number", at_least=0.0),
-    )
 
 
 def clip_matrices(
@@ -285,23 +238,24 @@ def _project(
     iterations: int,
     tol: float | None,
     chunks: tuple[int | None, int | None],
-) -> tuple[Array, Array, Array]:
-    """Run ``method`` on a spatial-first kernel; returns ``(kernel, steps, converged)``.
+) -> tuple[Array, Array, Array, Array]:
+    """Run ``method`` on a spatial-first kernel; returns ``(kernel, steps, converged, initial norm)``.
 
     One step is one pair of projections, computed a chunk of frequency rows at
     a time (half of them for a real kernel). The loop stops after
     ``iterations`` steps or once the stopping rule holds (under ``jax.jit``
-    too, as a ``while_loop``).
+    too, as a ``while_loop``). The first step decomposes the input's own
+    layer: its largest value is the input's norm, kept for :class:`ClipInfo`.
     """
     real = not xp.isdtype(kernel.dtype, "complex floating")
     device = device_of(kernel)
     itemsize = 16 if kernel.dtype in (xp.float64, xp.complex128) else 8
     row_sets = row_chunks(spec, real, itemsize, *chunks)
 
-    def step(state: tuple[Array, Array, Array, Array]) -> tuple[Array, Array, Array, Array]:
-        x, dual, steps, done = state
+    def step(state: tuple[Array, ...]) -> tuple[Array, ...]:
+        x, dual, steps, done, initial = state
         partial = partial_transfer(x, spec, xp)
-        total, residual, duals, meets = None, 0.0, [], None
+        total, residual, duals, meets, top = None, 0.0, [], None, None
         for rows in row_sets:
             matrices = row_blocks(partial, rows, spec, xp)
             if method == "dykstra":
@@ -312,6 +266,7 @@ def _project(
                 duals.append(matrices - clipped)  # Dykstra's correction for B; S is a subspace and needs none
             chunk_meets = _meets_bounds(s, max_norm, min_norm, 0.0 if tol is None else tol, xp)
             meets = chunk_meets if meets is None else meets & chunk_meets
+            top = xp.max(s) if top is None else xp.maximum(top, xp.max(s))
             if method == "extrapolated":
                 weights = row_weights(rows, spec, real, s, xp)
                 excess = xp.reshape(xp.abs(s - xp.clip(s, min=min_norm, max=max_norm)) ** 2, (len(rows), -1))
@@ -320,6 +275,7 @@ def _project(
             share = kernel_from_rows(clipped, rows, spec, spec, real, xp)
             total = share if total is None else total + share
         new = finish_kernel(total, spec, spec, real, xp)
+        initial = xp.where(steps == 0, top, initial)
         if method != "dykstra" and tol is not None:
             # s is the spectrum of x's own layer: the stopping test costs nothing,
             # and an x that passes it is kept as it is.
@@ -341,12 +297,12 @@ def _project(
                 ok = top <= max_norm * (1 + tol)
                 if min_norm is not None:
                     ok = ok & (bottom >= min_norm * (1 - tol))
-                return new, dual, steps + 1, ok & settled
+                return new, dual, steps + 1, ok & settled, initial
         x = xp.where(done, x, new)
-        return x, dual, steps + xp.astype(~done, steps.dtype), done
+        return x, dual, steps + xp.astype(~done, steps.dtype), done, initial
 
-    def more(state: tuple[Array, Array, Array, Array]) -> Array:
-        _, _, steps, done = state
+    def more(state: tuple[Array, ...]) -> Array:
+        _, _, steps, done, _ = state
         return (steps < iterations) & ~done
 
     if method == "dykstra":
@@ -360,24 +316,13 @@ def _project(
         dual = xp.zeros(shape, dtype=complex_dtype(xp, kernel.dtype), device=device)
     else:
         dual = xp.zeros((), device=device)  # unused
-    start = (kernel, dual, xp.asarray(0, device=device), xp.asarray(False, device=device))
+    initial = xp.zeros((), dtype=xp.real(kernel).dtype, device=device)
+    start = (kernel, dual, xp.asarray(0, device=device), xp.asarray(False, device=device), initial)
     if tol is None:  # a fixed count: differentiable under JAX too
-        x, _, steps, done = repeat(step, start, iterations)
+        x, _, steps, done, initial = repeat(step, start, iterations)
     else:
-        x, _, steps, done = while_loop(more, step, start)
-    return x, steps, done
-
-
-def _output(kernel: Array, spec: ConvSpec, xp: Namespace, user_dtype: object) -> Array:
-    """A spatial-first working-dtype kernel back in the user's layout and dtype.
-
-    Floating and complex kernels keep their dtype (float16 stays float16);
-    integer kernels cannot hold the result and come back in the working float.
-    """
-    out = from_spatial_first(kernel, spec, xp)
-    if xp.isdtype(user_dtype, ("real floating", "complex floating")) and out.dtype != user_dtype:
-        out = xp.astype(out, user_dtype)
-    return out
+        x, _, steps, done, initial = while_loop(more, step, start)
+    return x, steps, done, initial
 
 
 def _tight_projection(
@@ -430,7 +375,7 @@ def _tight_projection(
         geometric = xp.sqrt(low * xp.where(bounded, high, zero))
         middle = xp.where(low > 0, xp.where(bounded, geometric, 2 * low), high / 2)
         proposal = xp.where((proposal >= low) & (proposal < high), proposal, middle)  # max_norm 0: level 0
-        x, steps, _ = project(kernel, proposal)
+        x, steps, _, _ = project(kernel, proposal)
         new_norm, vectors = padded_values(x, spec, xp, count=None, start=vectors, **norm_options)
         low = xp.where(new_norm < aim, xp.maximum(low, proposal), low)
         high = xp.where(new_norm > max_norm, xp.minimum(high, proposal), high)
@@ -453,8 +398,84 @@ def _tight_projection(
     )
 
 
+# --- the spec level: a kernel in its layer's layout, a validated spec and options ----------------------
+# The public functions below parse their arguments into these; the adapters, which build a spec once
+# per layer, call them directly. Compiled once per spec and options on JAX.
+
+
 @full_precision
 @compiled_for_jax
+def clip(
+    kernel: Array, spec: ConvSpec, xp: Namespace, options: ClipOptions, return_info: bool = False
+) -> tuple[Array, ClipInfo | None]:
+    """:func:`clip_operator_norm` of ``kernel`` (in ``spec``'s layout); ``(kernel, info or None)``."""
+    options.check_layer(spec)
+    user_dtype = kernel.dtype
+    k = working_kernel(kernel, spec, xp)
+    chunks = (options.chunk_size, options.max_memory)
+    # Projections are homogeneous: project k / scale onto the bounds / scale, then scale back.
+    k, scale = unit_scale(k, xp)
+    upper = options.max_norm / scale
+    lower = None if options.min_norm is None else options.min_norm / scale
+    method, iterations, tol = options.method, options.iterations, options.tol
+    if not spec.circular and options.bound == "tight":
+        iteration = lanczos_options(k, spec, xp, NormOptions(max_memory=options.max_memory))
+
+        def project(x: Array, level: Array) -> tuple[Array, Array, Array, Array]:
+            return _project(x, spec, xp, level, None, method, iterations, tol, chunks)
+
+        x, info = _tight_projection(k, spec, xp, upper, project, iteration)
+        out = user_kernel(x * xp.astype(scale, x.dtype), spec, xp, user_dtype)
+        norm, initial = zero_d(info.norm * scale, xp), zero_d(info.initial_norm * scale, xp)
+        return out, info._replace(norm=norm, initial_norm=initial) if return_info else None
+    x, steps, done, initial = _project(k, spec, xp, upper, lower, method, iterations, tol, chunks)
+    out = user_kernel(x * xp.astype(scale, x.dtype), spec, xp, user_dtype)
+    if not return_info:
+        return out, None
+    if lower is None:
+        eigh = NormOptions("eigh", chunk_size=options.chunk_size, max_memory=options.max_memory)
+        norm = circular_norm(x, spec, xp, eigh)
+        meets = norm <= upper * (1 + (tol or 0.0))
+    else:
+        norm, bottom = _extremes(x, spec, xp, chunks)
+        meets = (norm <= upper * (1 + (tol or 0.0))) & (bottom >= lower * (1 - (tol or 0.0)))
+    if tol is not None and method != "dykstra":
+        # The loop tests each iterate before stepping from it: not the last one.
+        done = done | meets
+    return out, ClipInfo(
+        norm=zero_d(norm * scale, xp),
+        iterations=zero_d(steps, xp),
+        converged=zero_d(done, xp),
+        initial_norm=zero_d(initial * scale, xp),
+    )
+
+
+@full_precision
+@compiled_for_jax
+def clip_full(kernel: Array, spec: ConvSpec, xp: Namespace, options: ClipOptions) -> Array:
+    """:func:`clip_singular_values` of ``kernel`` (in ``spec``'s layout): bounds and memory options only."""
+    if not spec.circular:
+        msg = (
+            "clip_singular_values needs padding='circular': the projection of a zero-padded layer "
+            "is not a convolution; use clip_operator_norm, which works on the padded map"
+        )
+        raise ValueError(msg)
+    user_dtype = kernel.dtype
+    k = working_kernel(kernel, spec, xp)
+    real = not xp.isdtype(k.dtype, "complex floating")
+    full_size = spec.with_grid(spec.grid)
+    k, scale = unit_scale(k, xp)  # as in clip: clip k / scale, scale back
+    upper = options.max_norm / scale
+    lower = None if options.min_norm is None else options.min_norm / scale
+    total = None
+    for rows, blocks in blocks_by_rows(k, spec, xp, options.chunk_size, options.max_memory):
+        clipped, _ = clip_matrices(blocks, upper, lower, xp, rows=rows if real else None, spec=spec)
+        share = kernel_from_rows(clipped, rows, spec, full_size, real, xp)
+        total = share if total is None else total + share
+    total = finish_kernel(total, spec, full_size, real, xp)
+    return user_kernel(total * xp.astype(scale, total.dtype), full_size, xp, user_dtype)
+
+
 @fill_layer_doc
 def clip_operator_norm(
     kernel: Array,
@@ -660,75 +681,14 @@ def clip_operator_norm(
     >>> round(float(convsv.operator_norm(loose, (4, 4), padding=1)), 3)
     0.711
     """
-    k, spec, xp, user_dtype = parse(
-        kernel,
-        input_shape,
-        layout,
-        xp,
-        stride=stride,
-        dilation=dilation,
-        groups=groups,
-        transposed=transposed,
-        padding=padding,
-        output_padding=output_padding,
+    array, spec, xp = parse(
+        kernel, input_shape, layout, xp, stride, dilation, groups, transposed, padding, output_padding
     )
-    max_norm, min_norm = _check_bounds(max_norm, min_norm)
-    method, iterations, tol = _check_schedule(method, iterations, tol)
-    if method == "extrapolated" and min_norm is not None:
-        msg = (
-            "method='extrapolated' relies on the convexity of the operator-norm ball, "
-            "which `min_norm` breaks; use method='alternating' with `min_norm`"
-        )
-        raise ValueError(msg)
-    if any(w > n for w, n in zip(spec.dilated_size, spec.grid, strict=True)):
-        msg = (
-            f"the kernel's dilated size {spec.dilated_size} exceeds the feature map {spec.grid}: "
-            "it has no taps of its own to crop back to; use clip_singular_values for the full-size kernel"
-        )
-        raise ValueError(msg)
-    chunk_size, max_memory = check_chunking(chunk_size, max_memory)
-    bound = _check_bound_choice(bound)
-    _check_lower_clip(min_norm, bound, spec.circular)
-    chunks = (chunk_size, max_memory)
-    # Projections are homogeneous: project k / scale onto the bounds / scale, then scale back.
-    k, scale = unit_scale(k, xp)
-    upper = max_norm / scale
-    lower = None if min_norm is None else min_norm / scale
-    if not spec.circular and bound == "tight":
-        norm_options = padded_norm_options(k, spec, xp, None, 640, max_memory)
-
-        def project(x: Array, level: Array) -> tuple[Array, Array, Array]:
-            return _project(x, spec, xp, level, None, method, iterations, tol, chunks)
-
-        x, info = _tight_projection(k, spec, xp, upper, project, norm_options)
-        out = _output(x * xp.astype(scale, x.dtype), spec, xp, user_dtype)
-        norm, initial = zero_d(info.norm * scale, xp), zero_d(info.initial_norm * scale, xp)
-        info = info._replace(norm=norm, initial_norm=initial)
-        return (out, info) if return_info else out
-    x, steps, done = _project(k, spec, xp, upper, lower, method, iterations, tol, chunks)
-    out = _output(x * xp.astype(scale, x.dtype), spec, xp, user_dtype)
-    if not return_info:
-        return out
-    if lower is None:
-        norm = circular_norm(x, spec, xp, method="eigh", chunk_size=chunk_size, max_memory=max_memory)
-        meets = norm <= upper * (1 + (tol or 0.0))
-    else:
-        norm, bottom = _extremes(x, spec, xp, chunks)
-        meets = (norm <= upper * (1 + (tol or 0.0))) & (bottom >= lower * (1 - (tol or 0.0)))
-    if tol is not None and method != "dykstra":
-        # The loop tests each iterate before stepping from it: not the last one.
-        done = done | meets
-    initial = circular_norm(k, spec, xp, method="eigh", chunk_size=chunk_size, max_memory=max_memory)
-    return out, ClipInfo(
-        norm=zero_d(norm * scale, xp),
-        iterations=zero_d(steps, xp),
-        converged=zero_d(done, xp),
-        initial_norm=zero_d(initial * scale, xp),
-    )
+    options = ClipOptions(max_norm, min_norm, method, iterations, tol, bound, chunk_size, max_memory)
+    out, info = clip(array, spec, xp, options, return_info)
+    return (out, info) if return_info else out
 
 
-@full_precision
-@compiled_for_jax
 @fill_layer_doc
 def clip_singular_values(
     kernel: Array,
@@ -806,35 +766,8 @@ def clip_singular_values(
     >>> convsv.operator_norm(full, (8, 8))
     Array(1., dtype=array_api_strict.float64)
     """
-    k, spec, xp, user_dtype = parse(
-        kernel,
-        input_shape,
-        layout,
-        xp,
-        stride=stride,
-        dilation=dilation,
-        groups=groups,
-        transposed=transposed,
-        padding=padding,
-        output_padding=output_padding,
+    array, spec, xp = parse(
+        kernel, input_shape, layout, xp, stride, dilation, groups, transposed, padding, output_padding
     )
-    max_norm, min_norm = _check_bounds(max_norm, min_norm)
-    if not spec.circular:
-        msg = (
-            "clip_singular_values needs padding='circular': the projection of a zero-padded layer "
-            "is not a convolution; use clip_operator_norm, which works on the padded map"
-        )
-        raise ValueError(msg)
-    chunk_size, max_memory = check_chunking(chunk_size, max_memory)
-    real = not xp.isdtype(k.dtype, "complex floating")
-    full_size = spec.with_grid(spec.grid)
-    k, scale = unit_scale(k, xp)  # as in clip_operator_norm: clip k / scale, scale back
-    upper = max_norm / scale
-    lower = None if min_norm is None else min_norm / scale
-    total = None
-    for rows, blocks in blocks_by_rows(k, spec, xp, chunk_size, max_memory):
-        clipped, _ = clip_matrices(blocks, upper, lower, xp, rows=rows if real else None, spec=spec)
-        share = kernel_from_rows(clipped, rows, spec, full_size, real, xp)
-        total = share if total is None else total + share
-    total = finish_kernel(total, spec, full_size, real, xp)
-    return _output(total * xp.astype(scale, total.dtype), full_size, xp, user_dtype)
+    options = ClipOptions(max_norm, min_norm, chunk_size=chunk_size, max_memory=max_memory)
+    return clip_full(array, spec, xp, options)

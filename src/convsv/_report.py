@@ -17,10 +17,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+import array_api_compat
+
+from . import _norms
 from ._layout import LAYOUTS, ConvSpec, conv_spec
 from ._lib import to_host
 from ._models import ConvLayer, Model, ModelError, expand_size
-from ._norms import operator_norm, singular_values
+from ._options import NormOptions
 
 BACKENDS = ("numpy", "torch", "jax", "cupy")
 
@@ -146,13 +149,6 @@ def layer_spec(layer: ConvLayer) -> ConvSpec:
         raise ModelError(msg) from None
 
 
-def twin_shape(spec: ConvSpec) -> tuple[int, ...]:
-    """The input map of the circular layer on a zero-padded layer's padded map (``spec.grid``)."""
-    if spec.transposed:  # the transposed twin reads the forward twin's output
-        return tuple(g // s for g, s in zip(spec.grid, spec.stride, strict=True))
-    return spec.grid
-
-
 class Progress:
     """A one-line progress bar on a terminal's stderr (silent when disabled)."""
 
@@ -188,27 +184,17 @@ def analyze(
     for done, (layer, spec) in enumerate(zip(model.layers, specs, strict=True)):
         progress.show(done, layer.name)
         kernel = to_backend(layer.kernel)
-        size = layer.input_shape
-        assert size is not None  # resolve_sizes gave every layer one
-        common: dict[str, Any] = {
-            "layout": layer.layout,
-            "stride": spec.stride,
-            "dilation": spec.dilation,
-            "groups": spec.groups,
-            "transposed": spec.transposed,
-        }
-        # The circular layer that contains this one: on its map for circular padding, on the
-        # zero-padded map (a multiple of the stride) for zeros. Its exact spectrum is reported, and
+        xp = array_api_compat.array_namespace(kernel)
+        # The circular layer that contains this one: itself for circular padding, the circular layer on
+        # the zero-padded map (a multiple of the stride) for zeros. Its exact spectrum is reported, and
         # its norm bounds the zero-padded layer's from above.
-        twin_input = spec.layer_input if spec.circular else twin_shape(spec)
-        s = to_host(singular_values(kernel, twin_input, padding="circular", **common))
+        s = to_host(_norms.spectrum(kernel, spec.circular_twin(), xp, None, NormOptions()))
         stats = summarize(s)
         bounds = None
         norm = stats["operator_norm"]
         pads = [list(p) for p in spec.pads or ()]
         if not spec.circular:
-            extra = layer.options["output_padding"]
-            lower = operator_norm(kernel, size, padding=pads, output_padding=extra, **common)
+            lower = _norms.norm(kernel, spec, xp, NormOptions())
             bounds = [float(to_host(lower)), stats["operator_norm"]]
             norm = bounds[0]  # the zero-padded layer's own norm (Lanczos, certified within tol)
         product *= bounds[1] if bounds else norm

@@ -33,15 +33,8 @@ import numpy as np
 from ._frameworks.keras import to_numpy, transposed_padding
 from ._layout import conv_spec, dilated_spans
 from ._norms import operator_norm
-from ._projection import (
-    ClipInfo,
-    _check_bound_choice,
-    _check_bounds,
-    _check_lower_clip,
-    _check_schedule,
-    clip_operator_norm,
-    positive_bound,
-)
+from ._options import ClipOptions, positive_bound
+from ._projection import ClipInfo, clip_operator_norm
 
 __all__ = [
     "LayerReport",
@@ -58,31 +51,10 @@ _CLIP_OPTIONS = ("method", "iterations", "tol", "min_norm", "bound")
 Shapes = Mapping[str, Any]
 
 
-def _check_clip_options(options: Mapping[str, Any]) -> dict[str, Any]:
-    unknown = sorted(set(options) - set(_CLIP_OPTIONS))
-    if unknown:
-        msg = f"unknown projection option(s) {unknown}: expected some of {list(_CLIP_OPTIONS)}"
-        raise TypeError(msg)
-    merged = {
-        "method": "alternating",
-        "iterations": 1,
-        "tol": None,
-        "min_norm": None,
-        "bound": "tight",
-        **options,
-    }
-    _check_bound_choice(merged["bound"])
-    _check_schedule(merged["method"], merged["iterations"], merged["tol"])
-    min_norm = merged["min_norm"]
-    if min_norm is not None and (
-        isinstance(min_norm, bool) or not isinstance(min_norm, (int, float)) or not 0 <= min_norm < math.inf
-    ):
-        msg = f"`min_norm` must be None or a finite non-negative number, got {min_norm!r}"
-        raise ValueError(msg)
-    if merged["method"] == "extrapolated" and merged["min_norm"] is not None:
-        msg = "method='extrapolated' cannot be combined with `min_norm`; use method='alternating'"
-        raise ValueError(msg)
-    return merged
+def _check_clip_options(max_norm: float, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The projection options (``method``, ..., ``bound``), checked with the bound they go with."""
+    checked = ClipOptions.for_adapter(max_norm, options)
+    return {name: getattr(checked, name) for name in _CLIP_OPTIONS}
 
 
 def _sizes(value: object, name: str, minimum: int = 1) -> int | tuple[int, ...]:
@@ -288,10 +260,10 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
                 )
                 raise ValueError(msg)
         self.clip_options = _check_clip_options(
-            {"method": method, "iterations": iterations, "tol": tol, "min_norm": min_norm, "bound": bound}
+            self.max_norm,
+            {"method": method, "iterations": iterations, "tol": tol, "min_norm": min_norm, "bound": bound},
         )
-        _check_bounds(self.max_norm, min_norm)
-        _check_lower_clip(min_norm, bound, self.padding == "circular")
+        ClipOptions(self.max_norm, **self.clip_options).check_padding(self.padding == "circular")
 
     # -- the layer, as convsv sees it --------------------------------------------------------------
 
@@ -738,7 +710,7 @@ def conv_kernels(
     [('down', 'kernel', (8, 8)), ('sep', 'depthwise_kernel', (4, 4)), ('sep', 'pointwise_kernel', 1)]
     """
     max_norm = positive_bound(max_norm)
-    clip_options = _check_clip_options(clip_options)
+    clip_options = _check_clip_options(max_norm, clip_options)
     given = dict(input_shapes or {})
     if layers is None:
         chosen = [layer for layer in _all_layers(model) if _kernels_of(layer)]
@@ -962,7 +934,7 @@ class OperatorNormClipping(keras.callbacks.Callback):  # type: ignore[misc]
         self.every = every
         self.input_shapes = dict(input_shapes or {})
         self.layers = None if layers is None else list(layers)
-        self.clip_options = _check_clip_options(clip_options)
+        self.clip_options = _check_clip_options(self.max_norm, clip_options)
         self.steps = 0
         self.last_report: list[LayerReport] = []
         self._last_batch = -1

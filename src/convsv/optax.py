@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import optax
 
 from ._layout import conv_spec, dilated_spans, why_not_circulant
-from ._projection import _check_bounds, _check_schedule, positive_bound
+from ._options import ClipOptions, positive_bound
 from ._projection import clip_operator_norm as _clip
 
 __all__ = [
@@ -437,8 +437,7 @@ def clip_operator_norm(
             "(stride, padding, groups, ...) per kernel with convsv.optax.Conv"
         )
         raise TypeError(msg)
-    _check_bounds(max_norm, options.get("min_norm"))
-    _check_schedule(options.get("method", "alternating"), options.get("iterations", 1), options.get("tol"))
+    ClipOptions(max_norm, **options)  # every option's own check, now
     if not _is_function(input_shapes):
         jax.tree_util.tree_flatten(input_shapes, is_leaf=_is_shape_leaf)  # fails now for a non-pytree
 

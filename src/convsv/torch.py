@@ -23,7 +23,8 @@ import torch
 from torch import nn
 
 from ._frameworks.torch import conv_options, forward_input_shapes, record_input_shapes
-from ._projection import clip_operator_norm, positive_bound
+from ._options import positive_bound
+from ._projection import clip_operator_norm
 
 __all__ = [
     "LayerReport",
