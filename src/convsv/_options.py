@@ -27,6 +27,9 @@ NORM_METHODS = ("auto", "svd", "eigh", "gram", "power")
 #: Projection methods (see :func:`convsv.clip_operator_norm`).
 CLIP_METHODS = ("alternating", "extrapolated", "dykstra")
 
+#: The projection options the training adapters take (the layer's own come from the layer).
+CLIP_OPTIONS = ("method", "iterations", "tol", "min_norm", "bound")
+
 #: What a zero-padded layer's projection holds at ``max_norm`` (see :func:`convsv.clip_operator_norm`).
 BOUNDS = ("tight", "circular")
 
@@ -120,10 +123,9 @@ class ClipOptions:
         and ``bound`` (``TypeError`` for others) and refuse a zero
         ``max_norm``, which would erase every layer.
         """
-        allowed = ("method", "iterations", "tol", "min_norm", "bound")
-        unknown = sorted(set(options) - set(allowed))
+        unknown = sorted(set(options) - set(CLIP_OPTIONS))
         if unknown:
-            msg = f"unknown projection option(s) {unknown}: expected some of {list(allowed)}"
+            msg = f"unknown projection option(s) {unknown}: expected some of {list(CLIP_OPTIONS)}"
             raise TypeError(msg)
         return cls(positive_bound(max_norm), **options)
 

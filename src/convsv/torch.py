@@ -19,12 +19,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import array_api_compat
 import torch
 from torch import nn
 
 from ._frameworks.torch import conv_options, forward_input_shapes, record_input_shapes
-from ._options import positive_bound
-from ._projection import clip_operator_norm
+from ._layout import ConvSpec, conv_spec
+from ._options import CLIP_OPTIONS, ClipOptions
+from ._projection import clip
 
 __all__ = [
     "LayerReport",
@@ -249,20 +251,21 @@ def _resolve_shapes(
     return shapes
 
 
+def _spec(layer: Conv, input_shape: Sequence[int]) -> ConvSpec:
+    """The layer on a map of ``input_shape``, as the spec-level functions take it."""
+    return conv_spec(tuple(layer.weight.shape), input_shape, **layer_options(layer, input_shape))
+
+
 def _project_all(
-    layers: Layers,
-    shapes: Mapping[str, tuple[int, ...]],
-    max_norm: float,
-    clip_options: Mapping[str, Any],
+    layers: Layers, shapes: Mapping[str, tuple[int, ...]], options: ClipOptions
 ) -> list[LayerReport]:
     """Compute every layer's projection first, then write them all: an error leaves no layer changed."""
     results = []
     with torch.no_grad():
         for name, layer in layers:
-            options = layer_options(layer, shapes[name])
-            new, info = clip_operator_norm(
-                layer.weight.detach(), shapes[name], max_norm, return_info=True, **options, **clip_options
-            )
+            weight = layer.weight.detach()
+            xp = array_api_compat.array_namespace(weight)
+            new, info = clip(weight, _spec(layer, shapes[name]), xp, options, return_info=True)
             results.append((name, layer, new, info))
         for _, layer, new, _ in results:
             layer.weight.copy_(new)
@@ -342,10 +345,10 @@ def clip_operator_norm_(
     >>> [(r.name, bool(r.norm_after <= 1 + 1e-5)) for r in report]
     [('0', True), ('1', True)]
     """
-    max_norm = positive_bound(max_norm)
+    options = ClipOptions.for_adapter(max_norm, clip_options)
     layers = list(conv_layers(module))
     shapes = _resolve_shapes(module, layers, input_shapes, example_input)
-    return _project_all(layers, shapes, max_norm, clip_options)
+    return _project_all(layers, shapes, options)
 
 
 class OperatorNormClipper:
@@ -419,8 +422,8 @@ class OperatorNormClipper:
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             msg = f"`every` must be a positive int, got {every!r}"
             raise ValueError(msg)
-        self.module, self.max_norm, self.every = module, positive_bound(max_norm), every
-        self.clip_options = clip_options
+        self.module, self.every = module, every
+        self.options = ClipOptions.for_adapter(max_norm, clip_options)
         self.layers = list(conv_layers(module))
         for _, layer in self.layers:  # refuse unsupported layers now, not mid-training
             layer_options(layer)
@@ -435,7 +438,7 @@ class OperatorNormClipper:
     def __call__(self) -> list[LayerReport]:
         """Project now; returns the per-layer report."""
         shapes = _resolve_shapes(self.module, self.layers, self.input_shapes, recorded=self.recorded)
-        self.last_report = _project_all(self.layers, shapes, self.max_norm, self.clip_options)
+        self.last_report = _project_all(self.layers, shapes, self.options)
         return self.last_report
 
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -494,12 +497,21 @@ class OperatorNormParametrization(nn.Module):
 
     def __init__(self, max_norm: float, input_shape: Any, **options: Any) -> None:
         super().__init__()
-        self.max_norm, self.input_shape, self.options = positive_bound(max_norm), input_shape, options
+        projection = {name: value for name, value in options.items() if name in CLIP_OPTIONS}
+        self.options = ClipOptions.for_adapter(max_norm, projection)
+        self.input_shape = input_shape
+        # The layer's options as convsv.clip_operator_norm takes them, with its default layout.
+        self.layer = {"layout": "HWIO", **{k: v for k, v in options.items() if k not in CLIP_OPTIONS}}
+        self._specs: dict[tuple[int, ...], ConvSpec] = {}
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         """The projected weight (differentiable)."""
-        projected = clip_operator_norm(weight, self.input_shape, self.max_norm, **self.options)
-        assert isinstance(projected, torch.Tensor)  # (return_info is not among the options)
+        shape = tuple(weight.shape)
+        if shape not in self._specs:  # one spec per weight shape, not one per forward pass
+            self._specs[shape] = conv_spec(shape, self.input_shape, **self.layer)
+        projected, _ = clip(
+            weight, self._specs[shape], array_api_compat.array_namespace(weight), self.options
+        )
         return projected
 
 
