@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 
 import convsv
-import convsv._norms
 import convsv._operator
 import convsv._spectrum
+import convsv._values
 
 from _reference import general_dense
 
@@ -105,7 +105,7 @@ def test_the_limit_is_raised_by_max_memory(monkeypatch):
     def reached(*args, **kwargs):
         raise Reached
 
-    monkeypatch.setattr(convsv._norms, "_spectrum_of_unit", reached)
+    monkeypatch.setattr(convsv._values, "_spectrum_of_unit", reached)
     kernel = np.ones((3, 3, 4, 4))
     with pytest.raises(ValueError, match=r"6400000000 singular values would take about 47\.7 GiB"):
         convsv.singular_values(kernel, (40000, 40000), max_memory=2**30)
@@ -245,9 +245,9 @@ def test_realistic_layers_are_not_refused(monkeypatch, shape, n, options, zero_p
 
     # Where the work starts: singular_values after its checks, the circular norms after those of
     # blocks_by_rows, the zero-padded norms after those of basis_rows.
-    monkeypatch.setattr(convsv._norms, "_spectrum_of_unit", reached)
+    monkeypatch.setattr(convsv._values, "_spectrum_of_unit", reached)
     monkeypatch.setattr(convsv._spectrum, "partial_transfer", reached)
-    monkeypatch.setattr(convsv._norms, "padded_values", reached)
+    monkeypatch.setattr(convsv._values, "padded_values", reached)
     kernel = np.zeros(shape, dtype=np.float32)
     if zero_padded:
         options = {**options, "padding": shape[0] // 2}

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 import convsv
-import convsv._norms
+import convsv._lanczos
 import convsv._operator
+import convsv._values
 from convsv._layout import parse, working_kernel
 
 from helpers import require
@@ -134,7 +135,7 @@ def test_restarts_keep_the_certificate(rng):
     kernel = layer.kernel(rng)
     k, spec, xp = parse(kernel, layer.input_shape, "HWIO", None, **layer.options)
     k = working_kernel(k, spec, xp)
-    ritz = convsv._operator.lanczos_norm(
+    ritz = convsv._lanczos.lanczos_norm(
         convsv._operator.PaddedLayer(k, spec, xp), tol=1e-10, iterations=2000, capacity=8
     )
     expected = np.linalg.svd(layer.dense(kernel), compute_uv=False)[0]
@@ -148,8 +149,8 @@ def test_a_start_vector_is_used(rng):
     k, spec, xp = parse(kernel, layer.input_shape, "HWIO", None, **layer.options)
     k = working_kernel(k, spec, xp)
     operator = convsv._operator.PaddedLayer(k, spec, xp)
-    first = convsv._operator.lanczos_norm(operator, tol=1e-8, iterations=640)
-    again = convsv._operator.lanczos_norm(operator, tol=1e-8, iterations=640, start=first.vector)
+    first = convsv._lanczos.lanczos_norm(operator, tol=1e-8, iterations=640)
+    again = convsv._lanczos.lanczos_norm(operator, tol=1e-8, iterations=640, start=first.vector)
     assert bool(again.certified[0])
     np.testing.assert_allclose(again.value, first.value, rtol=1e-8)
 
@@ -171,7 +172,7 @@ def test_a_start_on_the_second_singular_vector_still_finds_the_norm(rng):
     columns = operator.apply(np.reshape(np.eye(size), (size, *operator.input_shape)))
     _, _, right = np.linalg.svd(np.reshape(columns, (size, -1)).T)
     start = right[1][None, :]
-    value = convsv._operator.lanczos_norm(operator, tol=1e-8, iterations=640, start=start).value
+    value = convsv._lanczos.lanczos_norm(operator, tol=1e-8, iterations=640, start=start).value
     truth = np.linalg.svd(layer.dense(kernel), compute_uv=False)
     assert truth[0] > truth[1] * (1 + 1e-6)
     np.testing.assert_allclose(value, truth[0], rtol=1e-7)
@@ -184,7 +185,7 @@ def test_a_start_on_the_second_singular_vector_still_finds_the_norm(rng):
 @pytest.mark.parametrize("layer", [*LAYERS[:3], Layer((3, 3), 1, 1, (9, 9), {"padding": 1})], ids=_id)
 def test_top_k_are_the_dense_top_k(backend, rng, layer, route, monkeypatch):
     if route == "lanczos":  # small layers go to the dense SVD: send them to block Lanczos instead
-        monkeypatch.setattr(convsv._norms, "MAX_DENSE_SVD", 0)
+        monkeypatch.setattr(convsv._values, "MAX_DENSE_SVD", 0)
     kernel = layer.kernel(rng) if layer.c_in > 1 else np.ones((3, 3, 1, 1))  # the box: repeated values
     expected = np.linalg.svd(layer.dense(kernel), compute_uv=False)
     dtype = backend.default_float
@@ -420,7 +421,7 @@ def test_an_unreachable_tolerance_stops_at_round_off(rng):
     kernel = layer.kernel(rng)
     k, spec, xp = parse(kernel, layer.input_shape, "HWIO", None, **layer.options)
     k = working_kernel(k, spec, xp)
-    ritz = convsv._operator.lanczos_norm(convsv._operator.PaddedLayer(k, spec, xp), tol=0.0, iterations=10**6)
+    ritz = convsv._lanczos.lanczos_norm(convsv._operator.PaddedLayer(k, spec, xp), tol=0.0, iterations=10**6)
     expected = np.linalg.svd(layer.dense(kernel), compute_uv=False)[0]
     assert not bool(np.any(ritz.certified))
     assert ritz.steps < 10**4

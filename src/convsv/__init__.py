@@ -3,9 +3,10 @@
 The public API is re-exported here; every other module is private.
 """
 
+from ._clipping import ClipInfo
 from ._norms import operator_norm, operator_norm_bounds, singular_values
 from ._operator import conv_matrix
-from ._projection import ClipInfo, clip_operator_norm, clip_singular_values
+from ._projection import clip_operator_norm, clip_singular_values
 
 __version__ = "0.1.0"
 

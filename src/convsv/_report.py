@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 import array_api_compat
 
-from . import _norms
+from . import _values
 from ._layout import LAYOUTS, ConvSpec, conv_spec
 from ._lib import to_host
 from ._models import ConvLayer, Model, ModelError, expand_size
@@ -188,13 +188,13 @@ def analyze(
         # The circular layer that contains this one: itself for circular padding, the circular layer on
         # the zero-padded map (a multiple of the stride) for zeros. Its exact spectrum is reported, and
         # its norm bounds the zero-padded layer's from above.
-        s = to_host(_norms.spectrum(kernel, spec.circular_twin(), xp, None, NormOptions()))
+        s = to_host(_values.spectrum(kernel, spec.circular_twin(), xp, None, NormOptions()))
         stats = summarize(s)
         bounds = None
         norm = stats["operator_norm"]
         pads = [list(p) for p in spec.pads or ()]
         if not spec.circular:
-            lower = _norms.norm(kernel, spec, xp, NormOptions())
+            lower = _values.norm(kernel, spec, xp, NormOptions())
             bounds = [float(to_host(lower)), stats["operator_norm"]]
             norm = bounds[0]  # the zero-padded layer's own norm (Lanczos, certified within tol)
         product *= bounds[1] if bounds else norm
