@@ -118,64 +118,33 @@ def lanczos_norm(
     one's (round-off: more cycles would not help). The values never exceed
     the true norms.
     """
-    xp = layer.xp
+    xp, dtype, device = layer.xp, layer.dtype, layer.device
     groups = layer.input_shape[0]
     n_in, n_out = math.prod(layer.input_shape[1:]), math.prod(layer.output_shape[1:])
-    dtype = layer.dtype
     real = xp.real(xp.zeros((), dtype=dtype)).dtype
     size = max(2, min(capacity, n_in + 1, n_out + 1))
     breakdown = 64 * xp.finfo(real).eps
-    complex_ = xp.isdtype(dtype, "complex floating")
-
-    def forward(v: Array) -> Array:
-        return xp.reshape(layer.apply(xp.reshape(v, (1, *layer.input_shape))), (groups, n_out))
-
-    def backward(u: Array) -> Array:
-        return xp.reshape(layer.adjoint(xp.reshape(u, (1, *layer.output_shape))), (groups, n_in))
-
-    def norms(x: Array) -> Array:
-        return xp.linalg.vector_norm(x, axis=1)
-
-    def off_basis(w: Array, basis: Array, j: Any) -> Array:
-        """``w`` without its components along the stored vectors ``0 .. j`` (classical Gram-Schmidt).
-
-        A second pass follows where the first removed most of ``w`` (Daniel, Gragg, Kaufman and
-        Stewart's test: the norm fell below ``1 / sqrt(2)``), as its round-off is then no longer
-        small against what is left; traced, it always follows (no branch on values there).
-        """
-        eager = isinstance(j, int)
-        # Eagerly only the rows written so far; traced, all of them (the rest are zeros).
-        rows = xp.permute_dims(basis[: j + 1 if eager else size, ...], (1, 0, 2))  # (G, k, n)
-
-        def project(x: Array) -> Array:
-            coefficients = (xp.conj(rows) if complex_ else rows) @ x[:, :, None]  # (G, k, 1)
-            return x - (xp.matrix_transpose(rows) @ coefficients)[:, :, 0]
-
-        once = project(w)
-        if eager and not bool(xp.any(norms(once) < norms(w) / math.sqrt(2))):
-            return once
-        return project(once)
+    zero = xp.zeros((groups,), dtype=real, device=device)
 
     def step(j: Any, state: tuple[Array, ...]) -> tuple[Array, ...]:
         v, u, alpha, basis, alphas, betas, scale = state
         floor = breakdown * scale
-        w = backward(u) - xp.astype(alpha, dtype)[:, None] * v
+        w = _backward(layer, u) - xp.astype(alpha, dtype)[:, None] * v
         # Full reorthogonalisation of the right vectors (one-sided, Simon and Zha 2000): without it
         # they lose orthogonality within a few steps once the top values bunch -- which is what a
         # clip makes them do -- and the bidiagonal then holds spurious copies that stall or misplace
         # the Ritz value (found by the random campaign, in float32).
-        w = off_basis(w, basis, j)
-        v, beta = _unit(w, norms(w), floor, xp)
-        z = forward(v) - xp.astype(beta, dtype)[:, None] * u
-        u, alpha = _unit(z, norms(z), floor, xp)
+        w = _off_basis(w, basis, j, xp)
+        v, beta = _unit(w, _norms(w, xp), floor, xp)
+        z = _forward(layer, v) - xp.astype(beta, dtype)[:, None] * u
+        u, alpha = _unit(z, _norms(z, xp), floor, xp)
         basis = put_rows(basis, j + 1, v[None, ...])
         betas, alphas = put_rows(betas, j, beta[None, ...]), put_rows(alphas, j + 1, alpha[None, ...])
         return v, u, alpha, basis, alphas, betas, xp.maximum(scale, alpha)
 
     def cycle(v0: Array, budget: Any) -> Ritz:
-        device = device_of(v0)
-        image = forward(v0)
-        u, alpha = _unit(image, norms(image), xp.zeros((groups,), dtype=real, device=device), xp)
+        image = _forward(layer, v0)
+        u, alpha = _unit(image, _norms(image, xp), zero, xp)
         basis = put_rows(xp.zeros((size, groups, n_in), dtype=dtype, device=device), 0, v0[None, ...])
         alphas = put_rows(xp.zeros((size, groups), dtype=real, device=device), 0, alpha[None, ...])
         betas = xp.zeros((size, groups), dtype=real, device=device)
@@ -198,37 +167,12 @@ def lanczos_norm(
         _, right, _ = _top_of_bidiagonal(inner[4], inner[5], steps + 1, xp)
         kept = inner[3][: right.shape[1], ...]  # (k, G, n)
         vector = (xp.astype(right, dtype)[:, None, :] @ xp.permute_dims(kept, (1, 0, 2)))[:, 0, :]
-        vector, _ = _unit(vector, norms(vector), xp.zeros((groups,), dtype=real, device=device), xp)
-        value, residual = verify(vector)
+        vector, _ = _unit(vector, _norms(vector, xp), zero, xp)
+        value, residual = _verify(layer if check is None else check, vector, real, xp)
         # A layer that is zero (every output in the padding) has value 0 and residual 0: certified.
         tiny = xp.asarray(xp.finfo(real).smallest_normal, dtype=real, device=device)
         relative = residual / xp.maximum(value, tiny)
         return Ritz(value, vector, residual <= math.sqrt(2) * tol * value, relative, steps)
-
-    exact = layer if check is None else check
-
-    def verify(vector: Array) -> tuple[Array, Array]:
-        """``(||A v||, ||A^H u - ||A v|| v||)`` per group, on ``exact`` (the wider layer, if any)."""
-        wide = xp.astype(vector, exact.dtype)
-        image = xp.reshape(exact.apply(xp.reshape(wide, (1, *exact.input_shape))), (groups, n_out))
-        zero = xp.zeros((groups,), dtype=xp.real(image).dtype, device=layer.device)
-        u, value = _unit(image, norms(image), zero, xp)
-        back = xp.reshape(exact.adjoint(xp.reshape(u, (1, *exact.output_shape))), (groups, n_in))
-        residual = norms(back - xp.astype(value, exact.dtype)[:, None] * wide)
-        return xp.astype(value, real), xp.astype(residual, real)
-
-    # Unit rows: the basis they start is projected out of every later vector.
-    zero = xp.zeros((groups,), dtype=real, device=layer.device)
-    fresh = xp.reshape(start_vector(groups * n_in, dtype, xp, layer.device), (groups, n_in))
-    fresh, _ = _unit(fresh, norms(fresh), zero, xp)
-    if start is None:
-        start = fresh
-    else:
-        # Half fresh: a warm start (a nearby layer's top vector) can be a singular vector of this
-        # layer too -- clipping bunches the top values -- with nothing along its top one; Lanczos
-        # would then certify the second value (found by the random campaign).
-        start, _ = _unit(start, norms(start), zero, xp)
-        start, _ = _unit(start + fresh, norms(start + fresh), zero, xp)
 
     def again(state: tuple[Ritz, Ritz, Array]) -> Array:
         ritz, best, previous = state
@@ -239,23 +183,97 @@ def lanczos_norm(
         ritz, best, _ = state
         new = cycle(ritz.vector, iterations - ritz.steps)
         new = new._replace(steps=ritz.steps + new.steps)
-        # Keep each group's best-certified pair (the smallest residual: its value is the nearest to a
-        # singular value), not the last: when the top values bunch, as after a clip, a restart can
-        # end farther off than the cycle before it (found by the random campaign).
-        better = new.residual <= best.residual
-        kept = Ritz(
-            xp.where(better, new.value, best.value),
-            xp.where(better[:, None], new.vector, best.vector),
-            xp.where(better, new.certified, best.certified),
-            xp.where(better, new.residual, best.residual),
-            new.steps,
-        )
-        return new, kept, ritz.residual
+        return new, _better(new, best, xp), ritz.residual
 
-    zeros = xp.zeros((groups,), dtype=real, device=device_of(start))
-    infinite = xp.full((groups,), float("inf"), dtype=real, device=device_of(start))
-    first = Ritz(zeros, start, zeros > 0, infinite, 0)
+    start = _start_rows(layer, start, zero)
+    infinite = xp.full((groups,), float("inf"), dtype=real, device=device)
+    first = Ritz(zero, start, zero > 0, infinite, 0)
     return while_loop(again, restart, (first, first, infinite))[1]
+
+
+def _norms(x: Array, xp: Namespace) -> Array:
+    return xp.linalg.vector_norm(x, axis=1)
+
+
+def _forward(layer: PaddedLayer, v: Array) -> Array:
+    """The layer on ``(G, n_in)`` rows, as ``(G, n_out)`` rows."""
+    xp = layer.xp
+    return xp.reshape(layer.apply(xp.reshape(v, (1, *layer.input_shape))), (v.shape[0], -1))
+
+
+def _backward(layer: PaddedLayer, u: Array) -> Array:
+    """Its adjoint on ``(G, n_out)`` rows, as ``(G, n_in)`` rows."""
+    xp = layer.xp
+    return xp.reshape(layer.adjoint(xp.reshape(u, (1, *layer.output_shape))), (u.shape[0], -1))
+
+
+def _off_basis(w: Array, basis: Array, j: Any, xp: Namespace) -> Array:
+    """``w`` ``(G, n)`` without its components along the stored rows ``basis[0 .. j]`` (Gram-Schmidt).
+
+    A second pass follows where the first removed most of ``w`` (Daniel, Gragg, Kaufman and
+    Stewart's test: the norm fell below ``1 / sqrt(2)``), as its round-off is then no longer
+    small against what is left; traced, it always follows (no branch on values there).
+    """
+    eager = isinstance(j, int)
+    # Eagerly only the rows written so far; traced, all of them (the rest are zeros).
+    rows = xp.permute_dims(basis[: j + 1 if eager else basis.shape[0], ...], (1, 0, 2))  # (G, k, n)
+    adjoint = xp.conj(rows) if xp.isdtype(rows.dtype, "complex floating") else rows
+
+    def project(x: Array) -> Array:
+        return x - (xp.matrix_transpose(rows) @ (adjoint @ x[:, :, None]))[:, :, 0]
+
+    once = project(w)
+    if eager and not bool(xp.any(_norms(once, xp) < _norms(w, xp) / math.sqrt(2))):
+        return once
+    return project(once)
+
+
+def _verify(exact: PaddedLayer, vector: Array, real: Any, xp: Namespace) -> tuple[Array, Array]:
+    """``(||A v||, ||A^H u - ||A v|| v||)`` per group, on ``exact`` (the layer, maybe in a wider dtype)."""
+    wide = xp.astype(vector, exact.dtype)
+    image = _forward(exact, wide)
+    zero = xp.zeros((vector.shape[0],), dtype=xp.real(image).dtype, device=exact.device)
+    u, value = _unit(image, _norms(image, xp), zero, xp)
+    residual = _norms(_backward(exact, u) - xp.astype(value, exact.dtype)[:, None] * wide, xp)
+    return xp.astype(value, real), xp.astype(residual, real)
+
+
+def _start_rows(layer: PaddedLayer, start: Array | None, zero: Array) -> Array:
+    """Unit start rows ``(G, n_in)``: fresh, or half ``start`` and half fresh.
+
+    Unit, because the basis they start is projected out of every later vector.
+    Half fresh, because a warm start (a nearby layer's top vector) can be a
+    singular vector of this layer too -- clipping bunches the top values --
+    with nothing along its top one; Lanczos would then certify the second
+    value (found by the random campaign).
+    """
+    xp, groups = layer.xp, layer.input_shape[0]
+    fresh = xp.reshape(
+        start_vector(groups * math.prod(layer.input_shape[1:]), layer.dtype, xp, layer.device), (groups, -1)
+    )
+    fresh, _ = _unit(fresh, _norms(fresh, xp), zero, xp)
+    if start is None:
+        return fresh
+    start, _ = _unit(start, _norms(start, xp), zero, xp)
+    start, _ = _unit(start + fresh, _norms(start + fresh, xp), zero, xp)
+    return start
+
+
+def _better(new: Ritz, best: Ritz, xp: Namespace) -> Ritz:
+    """Each group's pair with the smaller residual, of ``new`` and ``best`` (``new``'s step count).
+
+    The best-certified pair (its value is the nearest to a singular value),
+    not the last: when the top values bunch, as after a clip, a restart can
+    end farther off than the cycle before it (found by the random campaign).
+    """
+    better = new.residual <= best.residual
+    return Ritz(
+        xp.where(better, new.value, best.value),
+        xp.where(better[:, None], new.vector, best.vector),
+        xp.where(better, new.certified, best.certified),
+        xp.where(better, new.residual, best.residual),
+        new.steps,
+    )
 
 
 def basis_rows(
@@ -402,27 +420,10 @@ def block_lanczos(
     floor = 64 * xp.finfo(real).eps
 
     def by_group(rows: Array) -> Array:
-        return xp.permute_dims(rows, (1, 0, 2))  # (rows, G, n) <-> (G, rows, n)
-
-    complex_ = xp.isdtype(dtype, "complex floating")
+        return _by_group(rows, xp)
 
     def adjoint(rows: Array) -> Array:
-        flipped = xp.matrix_transpose(rows)
-        return xp.conj(flipped) if complex_ else flipped
-
-    def orthonormal(candidates: Array, space: Block) -> Array:
-        """Rows ``(b, G, n)`` made orthonormal and orthogonal to the basis.
-
-        Two projections, a QR, and one more of each: round-off (or a
-        breakdown, whose QR gives unit noise) leaves nothing along the basis.
-        """
-        basis, q = by_group(space.basis), by_group(candidates)
-        for passes in (2, 1):
-            for _ in range(passes):
-                q = q - adjoint(basis @ adjoint(q)) @ basis
-            q, _ = xp.linalg.qr(xp.matrix_transpose(q))
-            q = xp.matrix_transpose(q)
-        return by_group(q)
+        return _adjoint(rows, xp)
 
     def extend(space: Block, rows: Array) -> Block:
         b = rows.shape[0]
@@ -440,22 +441,7 @@ def block_lanczos(
         )
 
     def rayleigh_ritz(space: Block) -> RayleighRitz:
-        index = xp.arange(size, device=device)
-        filled = xp.permute_dims(space.gram, (1, 0, 2))  # (G, size, size)
-        below = index[:, None] >= index[None, :]
-        gram = xp.where(below, filled, adjoint(filled))
-        used = index < space.used
-        # Unused rows get -1 on the diagonal: their Ritz values sort below every real one (>= 0).
-        unused = xp.astype(~used[:, None] & (index[:, None] == index[None, :]), gram.dtype)
-        gram = xp.where(used[:, None] & used[None, :], gram, xp.zeros_like(gram)) - unused
-        theta, vectors = xp.linalg.eigh(gram)
-        theta = xp.flip(theta, axis=-1)[:, :keep]
-        coefficients = xp.matrix_transpose(xp.flip(vectors, axis=-1)[:, :, :keep])
-        lead = coefficients[:, :width, :]
-        residual = lead @ by_group(space.normal) - xp.astype(theta[:, :width], dtype)[:, :, None] * (
-            lead @ by_group(space.basis)
-        )
-        return RayleighRitz(theta, coefficients, xp.linalg.vector_norm(residual, axis=-1))
+        return _rayleigh_ritz(space, keep, width, xp)
 
     def settled(ritz: RayleighRitz) -> Array:
         theta = ritz.values
@@ -469,7 +455,7 @@ def block_lanczos(
         picked = xp.take_along_axis(ritz.coefficients, order[:, :, None], axis=1)  # (G, b, size)
         theta = xp.astype(xp.take_along_axis(ritz.values, order, axis=1), dtype)[:, :, None]
         residual = picked @ by_group(space.normal) - theta * (picked @ by_group(space.basis))
-        space = extend(space, orthonormal(by_group(residual), space))
+        space = extend(space, _orthonormal(by_group(residual), space.basis, xp))
         return space, rayleigh_ritz(space), steps + 1
 
     def restart(space: Block, ritz: RayleighRitz) -> Block:
@@ -504,7 +490,51 @@ def block_lanczos(
         0,
     )
     noise = xp.reshape(start_vector(block * groups * n_in, dtype, xp, device), (block, groups, n_in))
-    space = extend(empty, orthonormal(noise, empty))
+    space = extend(empty, _orthonormal(noise, empty.basis, xp))
     space, ritz, _ = while_loop(unfinished, cycle, (space, rayleigh_ritz(space), 0))
     vectors = ritz.coefficients[:, :count, :] @ by_group(space.basis)  # (G, count, n_in)
     return by_group(vectors), settled(ritz)
+
+
+def _by_group(rows: Array, xp: Namespace) -> Array:
+    return xp.permute_dims(rows, (1, 0, 2))  # (rows, G, n) <-> (G, rows, n)
+
+
+def _adjoint(rows: Array, xp: Namespace) -> Array:
+    flipped = xp.matrix_transpose(rows)
+    return xp.conj(flipped) if xp.isdtype(rows.dtype, "complex floating") else flipped
+
+
+def _orthonormal(candidates: Array, basis: Array, xp: Namespace) -> Array:
+    """Rows ``(b, G, n)`` made orthonormal and orthogonal to the ``basis`` rows ``(size, G, n)``.
+
+    Two projections, a QR, and one more of each: round-off (or a breakdown,
+    whose QR gives unit noise) leaves nothing along the basis.
+    """
+    basis, q = _by_group(basis, xp), _by_group(candidates, xp)
+    for passes in (2, 1):
+        for _ in range(passes):
+            q = q - _adjoint(basis @ _adjoint(q, xp), xp) @ basis
+        q, _ = xp.linalg.qr(xp.matrix_transpose(q))
+        q = xp.matrix_transpose(q)
+    return _by_group(q, xp)
+
+
+def _rayleigh_ritz(space: Block, keep: int, width: int, xp: Namespace) -> RayleighRitz:
+    """Rayleigh-Ritz on ``space``: the ``keep`` largest Ritz values, the first ``width`` residuals."""
+    size = space.gram.shape[0]
+    index = xp.arange(size, device=device_of(space.gram))
+    filled = xp.permute_dims(space.gram, (1, 0, 2))  # (G, size, size)
+    below = index[:, None] >= index[None, :]
+    gram = xp.where(below, filled, _adjoint(filled, xp))
+    used = index < space.used
+    # Unused rows get -1 on the diagonal: their Ritz values sort below every real one (>= 0).
+    unused = xp.astype(~used[:, None] & (index[:, None] == index[None, :]), gram.dtype)
+    gram = xp.where(used[:, None] & used[None, :], gram, xp.zeros_like(gram)) - unused
+    theta, vectors = xp.linalg.eigh(gram)
+    theta = xp.flip(theta, axis=-1)[:, :keep]
+    coefficients = xp.matrix_transpose(xp.flip(vectors, axis=-1)[:, :, :keep])
+    lead = coefficients[:, :width, :]
+    theta_lead = xp.astype(theta[:, :width], space.basis.dtype)[:, :, None]
+    residual = lead @ _by_group(space.normal, xp) - theta_lead * (lead @ _by_group(space.basis, xp))
+    return RayleighRitz(theta, coefficients, xp.linalg.vector_norm(residual, axis=-1))

@@ -217,19 +217,8 @@ def _explicit_pads(padding: object, ndim: int) -> Pads:
     return tuple(pads)
 
 
-def conv_spec(
-    kernel_shape: tuple[int, ...],
-    input_shape: object,
-    layout: str,
-    *,
-    stride: object = 1,
-    dilation: object = 1,
-    groups: object = 1,
-    transposed: object = False,
-    padding: object = "circular",
-    output_padding: object = 0,
-) -> ConvSpec:
-    """Validate the arguments shared by every public function."""
+def _kernel_axes(kernel_shape: tuple[int, ...], layout: object) -> tuple[tuple[int, ...], int, int, bool]:
+    """``(spatial sizes, in / groups, out, channels last?)`` of a kernel of ``kernel_shape`` in ``layout``."""
     if not isinstance(layout, str) or layout not in LAYOUTS:
         msg = f"`layout` must be one of {sorted(LAYOUTS)}, got {layout!r}"
         raise ValueError(msg)
@@ -247,10 +236,113 @@ def conv_spec(
         msg = f"`kernel` must have positive sizes on every axis, got shape {tuple(kernel_shape)}"
         raise ValueError(msg)
     if channels_last:
-        ksize, (group_in, c_out) = tuple(kernel_shape[:ndim]), kernel_shape[ndim:]
-    else:
-        (c_out, group_in), ksize = kernel_shape[:2], tuple(kernel_shape[2:])
+        return tuple(kernel_shape[:ndim]), kernel_shape[ndim], kernel_shape[ndim + 1], True
+    return tuple(kernel_shape[2:]), kernel_shape[1], kernel_shape[0], False
 
+
+def _circular_geometry(
+    given: tuple[int, ...], strides: tuple[int, ...], transposed: bool, extra: tuple[int, ...]
+) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(conv_input, conv_output)`` of a circular layer whose input is ``given``."""
+    if any(extra):
+        msg = "`output_padding` is for zero padding; a circular transposed layer's output is input * stride"
+        raise ValueError(msg)
+    conv_input = tuple(m * s for m, s in zip(given, strides, strict=True)) if transposed else given
+    for n, s in zip(conv_input, strides, strict=True):
+        if n % s:
+            msg = f"`stride` {strides} must divide the feature map {conv_input} for circular padding"
+            raise ValueError(msg)
+    return conv_input, tuple(n // s for n, s in zip(conv_input, strides, strict=True))
+
+
+def _transposed_input(
+    given: tuple[int, ...],
+    padding: str | Pads,
+    strides: tuple[int, ...],
+    dilations: tuple[int, ...],
+    span: tuple[int, ...],
+    extra: tuple[int, ...],
+) -> tuple[int, ...]:
+    """The forward convolution's input map: the output of a zero-padded transposed layer on ``given``."""
+    # PyTorch's rule (its C++ shape check): the extra rows sit within one stride or one dilation.
+    if any(e >= max(s, d) for e, s, d in zip(extra, strides, dilations, strict=True)):
+        msg = (
+            f"`output_padding` {extra} does not fit: it must be smaller than either the stride "
+            f"{strides} or the dilation {dilations} on every axis (as in PyTorch)"
+        )
+        raise ValueError(msg)
+    if padding == "same":
+        return tuple(m * s + e for m, s, e in zip(given, strides, extra, strict=True))
+    pad_sums = [0] * len(given) if padding == "valid" else [a + b for a, b in padding]
+    conv_input = tuple(
+        (m - 1) * s - p + w + e for m, s, p, w, e in zip(given, strides, pad_sums, span, extra, strict=True)
+    )
+    if min(conv_input) <= 0:
+        msg = f"the transposed layer's output would be {conv_input}: not a valid size"
+        raise ValueError(msg)
+    return conv_input
+
+
+def _padded_geometry(
+    given: tuple[int, ...],
+    padding: object,
+    strides: tuple[int, ...],
+    dilations: tuple[int, ...],
+    span: tuple[int, ...],
+    transposed: bool,
+    extra: tuple[int, ...],
+) -> tuple[tuple[int, ...], tuple[int, ...], Pads]:
+    """``(conv_input, conv_output, pads)`` of a zero-padded layer whose input is ``given``."""
+    ndim = len(given)
+    if isinstance(padding, str) and padding not in ("same", "valid"):
+        msg = f"`padding` must be 'circular', 'same', 'valid', an int or per-axis ints, got {padding!r}"
+        raise ValueError(msg)
+    mode = padding if isinstance(padding, str) else _explicit_pads(padding, ndim)  # no array meets "same"
+    conv_input = _transposed_input(given, mode, strides, dilations, span, extra) if transposed else given
+    if mode == "same":
+        pads = tuple(_same_pads(n, w, s) for n, w, s in zip(conv_input, span, strides, strict=True))
+    elif mode == "valid":
+        pads = ((0, 0),) * ndim
+    else:
+        pads = mode  # type: ignore[assignment]
+    conv_output = tuple(
+        (n + a + b - w) // s + 1 for n, (a, b), w, s in zip(conv_input, pads, span, strides, strict=True)
+    )
+    if min(conv_output) <= 0:
+        msg = (
+            f"the layer's output would be empty: map {conv_input} with padding {pads} is smaller "
+            f"than the dilated kernel {span}"
+        )
+        raise ValueError(msg)
+    if transposed and mode != "same" and all(o >= m for o, m in zip(conv_output, given, strict=True)):
+        # An output_padding of at least the stride (below the dilation) makes the forward
+        # convolution longer than `given`; the transposed layer reads only its first outputs
+        # (PyTorch's), the adjoint of the forward convolution restricted to them.
+        conv_output = given
+    if transposed and conv_output != given:
+        msg = (
+            f"`output_padding` {extra} does not fit: the forward convolution of a {conv_input} map "
+            f"gives {conv_output}, not the input_shape {given}"
+        )
+        raise ValueError(msg)
+    return conv_input, conv_output, pads
+
+
+def conv_spec(
+    kernel_shape: tuple[int, ...],
+    input_shape: object,
+    layout: str,
+    *,
+    stride: object = 1,
+    dilation: object = 1,
+    groups: object = 1,
+    transposed: object = False,
+    padding: object = "circular",
+    output_padding: object = 0,
+) -> ConvSpec:
+    """Validate the arguments shared by every public function."""
+    ksize, group_in, c_out, channels_last = _kernel_axes(kernel_shape, layout)
+    ndim = len(ksize)
     if not isinstance(transposed, bool):
         msg = f"`transposed` must be a bool, got {transposed!r}"
         raise TypeError(msg)
@@ -267,78 +359,15 @@ def conv_spec(
         msg = "`output_padding` only applies to transposed layers (transposed=True)"
         raise ValueError(msg)
     span = dilated_spans(ksize, dilations)
-
     pads: Pads | None
     if isinstance(padding, str) and padding == "circular":
-        if any(extra):
-            msg = (
-                "`output_padding` is for zero padding; a circular transposed layer's output is input * stride"
-            )
-            raise ValueError(msg)
         pads = None
-        conv_input = tuple(m * s for m, s in zip(given, strides, strict=True)) if transposed else given
-        for n, s in zip(conv_input, strides, strict=True):
-            if n % s:
-                msg = f"`stride` {strides} must divide the feature map {conv_input} for circular padding"
-                raise ValueError(msg)
-        conv_output = tuple(n // s for n, s in zip(conv_input, strides, strict=True))
+        conv_input, conv_output = _circular_geometry(given, strides, transposed, extra)
         grid = conv_input
     else:
-        if isinstance(padding, str) and padding not in ("same", "valid"):
-            msg = f"`padding` must be 'circular', 'same', 'valid', an int or per-axis ints, got {padding!r}"
-            raise ValueError(msg)
-        if not isinstance(padding, str):  # now, so that an array never meets `padding == "same"`
-            padding = _explicit_pads(padding, ndim)
-        if transposed:
-            # PyTorch's rule (its C++ shape check): the extra rows sit within one stride or one dilation.
-            if any(e >= max(s, d) for e, s, d in zip(extra, strides, dilations, strict=True)):
-                msg = (
-                    f"`output_padding` {extra} does not fit: it must be smaller than either the stride "
-                    f"{strides} or the dilation {dilations} on every axis (as in PyTorch)"
-                )
-                raise ValueError(msg)
-            # The forward convolution maps the transposed layer's output back to `given`.
-            if padding == "same":
-                conv_input = tuple(m * s + e for m, s, e in zip(given, strides, extra, strict=True))
-            else:
-                pad_sums = (
-                    [0] * ndim if padding == "valid" else [a + b for a, b in _explicit_pads(padding, ndim)]
-                )
-                conv_input = tuple(
-                    (m - 1) * s - p + w + e
-                    for m, s, p, w, e in zip(given, strides, pad_sums, span, extra, strict=True)
-                )
-                if min(conv_input) <= 0:
-                    msg = f"the transposed layer's output would be {conv_input}: not a valid size"
-                    raise ValueError(msg)
-        else:
-            conv_input = given
-        if padding == "same":
-            pads = tuple(_same_pads(n, w, s) for n, w, s in zip(conv_input, span, strides, strict=True))
-        elif padding == "valid":
-            pads = ((0, 0),) * ndim
-        else:
-            pads = _explicit_pads(padding, ndim)
-        conv_output = tuple(
-            (n + a + b - w) // s + 1 for n, (a, b), w, s in zip(conv_input, pads, span, strides, strict=True)
+        conv_input, conv_output, pads = _padded_geometry(
+            given, padding, strides, dilations, span, transposed, extra
         )
-        if min(conv_output) <= 0:
-            msg = (
-                f"the layer's output would be empty: map {conv_input} with padding {pads} is smaller "
-                f"than the dilated kernel {span}"
-            )
-            raise ValueError(msg)
-        if transposed and padding != "same" and all(o >= m for o, m in zip(conv_output, given, strict=True)):
-            # An output_padding of at least the stride (below the dilation) makes the forward
-            # convolution longer than `given`; the transposed layer reads only its first outputs
-            # (PyTorch's), the adjoint of the forward convolution restricted to them.
-            conv_output = given
-        if transposed and conv_output != given:
-            msg = (
-                f"`output_padding` {extra} does not fit: the forward convolution of a {conv_input} map "
-                f"gives {conv_output}, not the input_shape {given}"
-            )
-            raise ValueError(msg)
         grid = tuple(-(-(n + a + b) // s) * s for n, (a, b), s in zip(conv_input, pads, strides, strict=True))
     spec = ConvSpec(
         kernel_size=ksize,
