@@ -22,8 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import numbers
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple, cast
 
@@ -31,7 +30,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._layout import conv_spec, dilated_spans, why_not_circulant
+from ._frameworks import equinox as _equinox
+from ._frameworks import flax as _flax
+from ._frameworks.jax import spatial_shape
+from ._layout import conv_spec
 from ._options import ClipOptions, positive_bound
 from ._projection import clip_operator_norm as _clip
 
@@ -229,6 +231,18 @@ def _entries(params: Any, input_shapes: Any) -> list[tuple[int, KeyPath, Any, An
             found.append((index, path, below[0], entry))
         index += len(below)
     return found
+
+
+@contextmanager
+def _naming(where: str) -> Iterator[None]:
+    """Re-raise the core's ``ValueError`` or ``TypeError`` with the parameter it was about."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        if type(error) not in (ValueError, TypeError):  # (a subclass may take other arguments)
+            raise
+        msg = f"{where}: {error}"
+        raise type(error)(msg) from None
 
 
 def _checked(error: Exception, where: str) -> Exception:
@@ -490,127 +504,7 @@ def clip_operator_norm(
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Reading Flax and Equinox layers
-
-
-def _flax_conv_types() -> tuple[type, ...]:
-    """Flax's (NNX, Linen) Conv classes, if flax is already imported (a layer to read implies it is)."""
-    types = []
-    for module, name in (("flax.nnx", "Conv"), ("flax.linen", "Conv")):
-        if module in sys.modules:
-            types.append(getattr(sys.modules[module], name))
-    return tuple(types)
-
-
-def _equinox_conv_types() -> tuple[type, ...]:
-    eqx = sys.modules.get("equinox")
-    return (eqx.nn.Conv,) if eqx is not None else ()
-
-
-def _instance_of(obj: Any, types: tuple[type, ...]) -> bool:
-    return isinstance(obj, types)
-
-
-def _per_axis(value: Any, ndim: int) -> tuple[int, ...]:
-    if value is None:
-        return (1,) * ndim
-    if isinstance(value, int):
-        return (value,) * ndim
-    return tuple(int(v) for v in value)
-
-
-def _spatial(input_shape: Any, ndim: int, where: str) -> tuple[int, ...]:
-    if isinstance(input_shape, int):
-        return (input_shape,) * ndim
-    sizes = tuple(int(n) for n in input_shape)
-    if len(sizes) != ndim:
-        msg = f"input shape {sizes} for {where} needs {ndim} spatial sizes"
-        raise ValueError(msg)
-    return sizes
-
-
-def _circular_or_error(
-    shape: tuple[int, ...],
-    pads: Sequence[tuple[int, int]],
-    span: tuple[int, ...],
-    stride: tuple[int, ...],
-    where: str,
-) -> None:
-    reason = why_not_circulant(pads, span, stride, shape)
-    if reason is not None:
-        msg = f"{where}: {reason}"
-        raise ValueError(msg)
-
-
-def _flax_options(layer: Any, shape: tuple[int, ...], where: str) -> Conv:
-    ksize = (layer.kernel_size,) if isinstance(layer.kernel_size, int) else tuple(layer.kernel_size)
-    d = len(ksize)
-    if getattr(layer, "mask", None) is not None:
-        msg = f"{where}: a masked Conv (mask=...) is not modelled; the projection would ignore the mask"
-        raise ValueError(msg)
-    if _per_axis(layer.input_dilation, d) != (1,) * d:
-        msg = f"{where}: input_dilation={layer.input_dilation} is not modelled (use a ConvTranspose layout)"
-        raise ValueError(msg)
-    stride = _per_axis(layer.strides, d)
-    dilation = _per_axis(layer.kernel_dilation, d)
-    span = dilated_spans(ksize, dilation)
-    padding = layer.padding
-    layout = {1: "WIO", 2: "HWIO", 3: "DHWIO"}[d]
-    common = {"layout": layout, "stride": stride, "dilation": dilation, "groups": layer.feature_group_count}
-    if isinstance(padding, str):
-        mode = padding.upper()
-        if mode == "CIRCULAR":
-            _circular_or_error(shape, [((w - 1) // 2, w // 2) for w in span], span, stride, where)
-            return Conv(shape, padding="circular", **common)
-        if mode == "CAUSAL":
-            if d != 1:
-                msg = f"{where}: CAUSAL padding is only defined for 1-D convolutions"
-                raise ValueError(msg)
-            return Conv(shape, padding=((span[0] - 1, 0),), **common)
-        if mode not in ("SAME", "SAME_LOWER", "VALID"):
-            msg = f"{where}: padding={padding!r} is not modelled: convsv handles zero and circular padding"
-            raise ValueError(msg)
-        pads = jax.lax.padtype_to_pads(shape, span, stride, mode)
-    elif isinstance(padding, int):
-        pads = [(padding, padding)] * d
-    else:
-        pads = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
-    return Conv(shape, padding=tuple((int(a), int(b)) for a, b in pads), **common)
-
-
-def _equinox_options(layer: Any, shape: tuple[int, ...], where: str) -> Conv:
-    d = layer.num_spatial_dims
-    stride, dilation = tuple(layer.stride), tuple(layer.dilation)
-    span = dilated_spans(layer.kernel_size, dilation)
-    if isinstance(layer.padding, str):
-        pads = jax.lax.padtype_to_pads(shape, span, stride, layer.padding)
-    else:
-        pads = list(layer.padding)
-    pads = [(int(a), int(b)) for a, b in pads]
-    common = {
-        "layout": {1: "OIW", 2: "OIHW", 3: "OIDHW"}[d],
-        "stride": stride,
-        "dilation": dilation,
-        "groups": layer.groups,
-    }
-    if layer.padding_mode == "CIRCULAR":
-        _circular_or_error(shape, pads, span, stride, where)
-        return Conv(shape, padding="circular", **common)
-    if layer.padding_mode != "ZEROS":
-        msg = (
-            f"{where}: padding_mode={layer.padding_mode!r} is not modelled: convsv handles zero and "
-            "circular padding"
-        )
-        raise ValueError(msg)
-    return Conv(shape, padding=tuple(pads), **common)
-
-
-def _kernel_shape(layer: Any) -> tuple[int, ...] | None:
-    kernel: Any = getattr(layer, "kernel", None)
-    if kernel is None:
-        kernel = getattr(layer, "weight", None)
-    return tuple(kernel.shape) if hasattr(kernel, "shape") else None
+# --- reading Flax and Equinox layers (the rules: convsv._frameworks.flax and .equinox) --------------
 
 
 def layer_options(layer: Any, input_shape: int | Sequence[int], *, name: str | None = None) -> Conv:
@@ -662,94 +556,27 @@ def layer_options(layer: Any, input_shape: int | Sequence[int], *, name: str | N
     ('circular', 4)
     """  # noqa: E501
     where = name or type(layer).__name__
-    if _instance_of(layer, _flax_conv_types()):
-        ksize = layer.kernel_size
-        shape = _spatial(input_shape, 1 if isinstance(ksize, int) else len(ksize), where)
-        options = _flax_options(layer, shape, where)
-    elif _instance_of(layer, _equinox_conv_types()):
-        shape = _spatial(input_shape, layer.num_spatial_dims, where)
-        options = _equinox_options(layer, shape, where)
+    for translator in (_flax, _equinox):
+        if isinstance(layer, translator.conv_types()):
+            break
     else:
         msg = (
             f"expected a flax.nnx.Conv, flax.linen.Conv or equinox.nn.Conv layer, got "
             f"{type(layer).__name__}; describe other layers with convsv.optax.Conv"
         )
         raise TypeError(msg)
-    kernel_shape = _kernel_shape(layer)
-    if kernel_shape is not None:  # (an unbound Linen layer holds no kernel)
-        kwargs = options.options("HWIO")
-        try:
-            conv_spec(kernel_shape, options.input_shape, kwargs.pop("layout"), **kwargs)
-        except (ValueError, TypeError) as error:
-            raise _checked(error, where) from None
-    return options
+    shape = spatial_shape(input_shape, translator.spatial_rank(layer), where)
+    with _naming(where):
+        conv = Conv(shape, **translator.conv_options(layer, shape))
+        kernel_shape = translator.kernel_shape(layer)
+        if kernel_shape is not None:  # (an unbound Linen layer holds no kernel)
+            layer_kwargs = conv.options("HWIO")
+            conv_spec(kernel_shape, shape, layer_kwargs.pop("layout"), **layer_kwargs)
+    return conv
 
 
-@contextmanager
-def _recording(cls: type, spatial: Callable[[Any, Any], tuple[int, ...]]) -> Iterator[dict[int, Any]]:
-    """Record ``(layer, input spatial shape)`` by ``id(layer)`` at each call of a ``cls`` instance.
-
-    Patches ``cls.__call__`` for the duration (not thread-safe); subclasses that
-    call ``super().__call__`` are recorded too.
-    """
-    seen: dict[int, Any] = {}
-    missing = object()
-    saved = vars(cls).get("__call__", missing)
-    original = cls.__call__
-
-    def call(self: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        seen[id(self)] = (self, spatial(self, inputs))
-        return original(self, inputs, *args, **kwargs)
-
-    method = "__call__"
-    setattr(cls, method, call)
-    try:
-        yield seen
-    finally:
-        if saved is missing:
-            delattr(cls, method)
-        else:
-            setattr(cls, method, saved)
-
-
-def _key(entry: Any) -> Any:
-    """A path entry's plain value: DictKey.key, SequenceKey.idx, GetAttrKey.name, or itself."""
-    for attribute in ("key", "idx", "name"):
-        if hasattr(entry, attribute):
-            return getattr(entry, attribute)
-    return entry
-
-
-def _plain(path: KeyPath) -> tuple[Any, ...]:
-    return tuple(_key(entry) for entry in path)
-
-
-def _options_from_call(
-    cls: type,
-    spatial: Callable[[Any, Any], tuple[int, ...]],
-    call: Callable[[], Any],
-    paths: dict[int, tuple[Any, ...]],
-    weight: str,
-    separator: str,
-) -> dict[tuple[Any, ...], Conv]:
-    """Each ``cls`` layer's :class:`Conv` from the inputs ``call()`` gives it, by parameter path.
-
-    ``paths`` maps ``id(layer)`` to the layer's path in the model; the key of
-    each result is that path plus the kernel's attribute name ``weight``.
-    """
-    with _recording(cls, spatial) as seen:
-        call()
-    found: dict[tuple[Any, ...], Conv] = {}
-    for path_id, path in paths.items():
-        if path_id in seen:
-            layer, shape = seen[path_id]
-            key = (*path, weight)
-            found[key] = layer_options(layer, shape, name=separator.join(map(str, path)))
-    unseen = sorted(separator.join(map(str, p)) for i, p in paths.items() if i not in seen)
-    if unseen:
-        msg = f"Conv layer(s) {unseen} were not called by model(example_input): no input shape for them"
-        raise ValueError(msg)
-    return found
+def _read(layer: Any, input_shape: tuple[int, ...], name: str) -> Conv:
+    return layer_options(layer, input_shape, name=name)
 
 
 def nnx_input_shapes(model: Any, example_input: Any, *, wrt: Any = None) -> Any:
@@ -794,28 +621,7 @@ def nnx_input_shapes(model: Any, example_input: Any, *, wrt: Any = None) -> Any:
     >>> shapes["layers"][1]["kernel"].stride, shapes["layers"][1]["bias"]
     ((2, 2), None)
     """
-    from flax import nnx
-
-    wrt = nnx.Param if wrt is None else wrt
-    found: dict[tuple[Any, ...], Conv] = {}
-
-    def forward(module: Any, inputs: Any) -> None:
-        graph = nnx.iter_graph(module)
-        paths = {id(node): _plain(path) for path, node in graph if isinstance(node, nnx.Conv)}
-        found.update(
-            _options_from_call(
-                nnx.Conv,
-                lambda layer, x: tuple(x.shape[-len(layer.kernel_size) - 1 : -1]),
-                lambda: module(inputs),
-                paths,
-                "kernel",
-                "/",
-            )
-        )
-
-    nnx.eval_shape(forward, model, example_input)
-    params = nnx.as_pure(nnx.state(model, wrt))
-    return jax.tree_util.tree_map_with_path(lambda path, _: found.get(_plain(path)), params)
+    return _flax.input_shapes(model, example_input, wrt, _read)
 
 
 def equinox_input_shapes(model: Any, example_input: Any, *, params: Any = None) -> Any:
@@ -865,22 +671,4 @@ def equinox_input_shapes(model: Any, example_input: Any, *, params: Any = None) 
     >>> shapes.layers[1].weight.layout, shapes.layers[1].weight.input_shape, shapes.layers[1].bias
     ('OIHW', (8, 8), None)
     """
-    import equinox as eqx
-
-    found: dict[tuple[Any, ...], Conv] = {}
-
-    def is_conv(node: Any) -> bool:
-        return isinstance(node, eqx.nn.Conv)
-
-    def forward(module: Any, inputs: Any) -> None:
-        layers = jax.tree_util.tree_flatten_with_path(module, is_leaf=is_conv)[0]
-        paths = {id(node): _plain(path) for path, node in layers if is_conv(node)}
-        found.update(
-            _options_from_call(
-                eqx.nn.Conv, lambda _, x: tuple(x.shape[1:]), lambda: module(inputs), paths, "weight", "."
-            )
-        )
-
-    eqx.filter_eval_shape(forward, model, example_input)
-    params = eqx.filter(model, eqx.is_array) if params is None else params
-    return jax.tree_util.tree_map_with_path(lambda path, _: found.get(_plain(path)), params)
+    return _equinox.input_shapes(model, example_input, params, _read)
