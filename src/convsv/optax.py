@@ -22,8 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import numbers
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NamedTuple, cast
 
@@ -31,9 +30,21 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._layout import conv_spec, dilated_spans, why_not_circulant
-from ._options import ClipOptions, positive_bound
-from ._projection import clip_operator_norm as _clip
+from ._frameworks import equinox as _equinox
+from ._frameworks import flax as _flax
+from ._frameworks.jax import (
+    abstract,
+    is_array_like,
+    is_function,
+    kernel_entries,
+    replicated,
+    sharded_like,
+    spatial_shape,
+)
+from ._layout import ConvSpec, conv_spec
+from ._lib import namespace_of
+from ._options import ClipOptions
+from ._projection import clip
 
 __all__ = [
     "Conv",
@@ -46,8 +57,6 @@ __all__ = [
 
 _CLIP_OPTIONS = ("method", "iterations", "tol", "min_norm", "bound")
 KeyPath = tuple[Any, ...]
-_ShapeDtypeStruct: Any = jax.ShapeDtypeStruct
-_sharding: Any = jax.sharding
 
 
 def _tupled(value: Any) -> Any:
@@ -153,11 +162,6 @@ class OperatorNormState(NamedTuple):
     count: jax.Array  # type: ignore[assignment,unused-ignore]  # (shadows tuple.count, as in optax)
 
 
-def _is_array_like(x: Any) -> bool:
-    """A parameter leaf: an array, a tracer, a ShapeDtypeStruct or an array wrapper (a Flax Variable)."""
-    return hasattr(x, "shape") and hasattr(x, "dtype") and not isinstance(x, (dict, list, tuple))
-
-
 def _is_int(x: Any) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
@@ -169,15 +173,19 @@ def _is_shape_leaf(x: Any) -> bool:
     return isinstance(x, (tuple, list)) and len(x) > 0 and all(_is_int(v) for v in x)
 
 
-def _is_function(input_shapes: Any) -> bool:
-    """The callable form of ``input_shapes``: a callable that is not a pytree (an Equinox module is both)."""
-    if not callable(input_shapes):
-        return False
-    return bool(jax.tree_util.treedef_is_leaf(jax.tree_util.tree_structure(input_shapes)))
+@contextmanager
+def _naming(where: str) -> Iterator[None]:
+    """Re-raise the core's ``ValueError`` or ``TypeError`` with the parameter it was about."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        if type(error) not in (ValueError, TypeError):  # (a subclass may take other arguments)
+            raise
+        msg = f"{where}: {error}"
+        raise type(error)(msg) from None
 
 
-def _describe(path: KeyPath) -> str:
-    return jax.tree_util.keystr(path) or "the params root"
+# --- which parameters are kernels, and their layers -------------------------------------------------
 
 
 def _as_conv(entry: Any, where: str) -> Conv:
@@ -193,110 +201,138 @@ def _as_conv(entry: Any, where: str) -> Conv:
     return Conv(int(entry) if _is_int(entry) else tuple(int(v) for v in entry))
 
 
-def _entries(params: Any, input_shapes: Any) -> list[tuple[int, KeyPath, Any, Any]]:
-    """``(leaf index, path, leaf, input_shapes entry)`` for every parameter leaf with a non-None entry."""
-    leaves = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_array_like)[0]
-    if _is_function(input_shapes):
-        found = []
-        for index, (path, leaf) in enumerate(leaves):
-            entry = input_shapes(path, _ShapeDtypeStruct(leaf.shape, leaf.dtype))
-            if entry is not None:
-                found.append((index, path, leaf, entry))
-        return found
-    shape_leaves, shape_def = jax.tree_util.tree_flatten_with_path(input_shapes, is_leaf=_is_shape_leaf)
-    shape_def = cast(Any, shape_def)
-    try:
-        subtrees = shape_def.flatten_up_to(params)
-    except (ValueError, TypeError) as error:
-        msg = (
-            "input_shapes must be a pytree with the structure of params (a spatial shape or "
-            "convsv.optax.Conv at each convolution kernel, None elsewhere; None may also stand for a "
-            "whole subtree), or a callable (path, leaf) -> shape | Conv | None. Matching it to params "
-            f"failed: {error}"
-        )
-        raise ValueError(msg) from None
-    found = []
-    index = 0
-    for (path, entry), subtree in zip(shape_leaves, subtrees, strict=True):
-        below = jax.tree_util.tree_leaves(subtree, is_leaf=_is_array_like)
-        if entry is not None:
-            if len(below) != 1:
-                msg = (
-                    f"input_shapes gives {entry!r} at {_describe(path)}, where params hold "
-                    f"{len(below)} arrays, not one convolution kernel"
-                )
-                raise ValueError(msg)
-            found.append((index, path, below[0], entry))
-        index += len(below)
-    return found
+def _specs(params: Any, input_shapes: Any, layout: str, options: ClipOptions, *, trace: bool = False) -> Any:
+    """``params``' tree with each kernel's :class:`~convsv._layout.ConvSpec`, ``None`` elsewhere.
 
-
-def _checked(error: Exception, where: str) -> Exception:
-    """The core's error, naming the parameter it was about."""
-    return type(error)(f"{where}: {error}")
-
-
-def _targets(
-    params: Any, input_shapes: Any, layout: str, max_norm: float, options: dict[str, Any]
-) -> list[tuple[int, Conv, dict[str, Any]]]:
-    """Resolve and validate every kernel to project: ``(leaf index, Conv, core keyword arguments)``.
-
-    Each kernel's projection is traced abstractly (``jax.eval_shape``): a bad
-    shape, stride or layout raises here, before any update, naming the path.
+    Built from each kernel's static shape, so once per trace of ``update``.
+    A bad layer raises here, naming the parameter; with ``trace``, so does
+    what only the projection's own trace finds (a layer too large for
+    ``max_memory``, say).
     """
-    targets = []
-    for index, path, leaf, entry in _entries(params, input_shapes):
+
+    def spec(path: KeyPath, leaf: Any, entry: Any) -> ConvSpec | None:
+        if entry is None:
+            return None
         where = f"params{jax.tree_util.keystr(path)}"
         conv = _as_conv(entry, where)
-        kwargs = {**conv.options(layout), **options}
-        kernel = _ShapeDtypeStruct(leaf.shape, leaf.dtype)
+        layer = conv.options(layout)
+        with _naming(where):
+            found = conv_spec(tuple(leaf.shape), conv.input_shape, layer.pop("layout"), **layer)
+            options.check_layer(found)
+            if trace:
+                jax.eval_shape(functools.partial(_project, spec=found, options=options), abstract(leaf))
+        return found
+
+    entries = kernel_entries(params, input_shapes, _is_shape_leaf)
+    return jax.tree_util.tree_map_with_path(spec, params, entries, is_leaf=is_array_like)
+
+
+# --- the transform: the projection, and its schedule ------------------------------------------------
+
+
+def _require(params: Any) -> None:
+    """Refuse an ``update`` without ``params``: the projection is of ``params + updates``."""
+    if params is None:
+        msg = (
+            "convsv.optax.clip_operator_norm needs the parameters: call update(updates, state, params) "
+            "(nnx.Optimizer and optax.chain pass them on)"
+        )
+        raise ValueError(msg)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "options"))
+def _project(kernel: jax.Array, spec: ConvSpec, options: ClipOptions) -> jax.Array:
+    """The core's projection of one kernel (``spec``'s layout), jitted with the layer and options static.
+
+    Jitted here, not only inlined: an eager ``update`` runs it compiled, and
+    each retrace of ``update`` (a new ``jax.jit``, the branches of the
+    schedule's ``cond``, ``init``'s check) reuses its trace.
+    """
+    projected: jax.Array = clip(kernel, spec, namespace_of(kernel, None)[1], options)[0]
+    return projected
+
+
+def _projected_update(update: Any, param: Any, spec: ConvSpec | None, options: ClipOptions) -> Any:
+    """The update that takes ``param`` to the projection of ``param + update``, sharded as both are.
+
+    Under explicit sharding the kernel is projected whole on every device
+    (:func:`~convsv._frameworks.jax.replicated`), and the step split again
+    as the update is.
+    """
+    if spec is None:
+        return update
+    param = jnp.asarray(param)
+    target = replicated((param + update).astype(param.dtype))
+    step = sharded_like(_project(target, spec, options), param) - param
+    return sharded_like(step, update).astype(update.dtype)
+
+
+def _project_kernels(
+    input_shapes: Any, layout: str, options: ClipOptions
+) -> optax.GradientTransformationExtraArgs:
+    """A stateless transform whose updates put every kernel of ``params + updates`` on the projection."""
+
+    def init_fn(params: Any) -> optax.EmptyState:
+        _specs(params, input_shapes, layout, options, trace=True)
+        return optax.EmptyState()
+
+    def update_fn(
+        updates: Any, state: optax.EmptyState, params: Any = None, **extra_args: Any
+    ) -> tuple[Any, optax.EmptyState]:
+        del extra_args
+        _require(params)
+        specs = _specs(params, input_shapes, layout, options)
         try:
-            jax.eval_shape(lambda k, c=conv, kw=kwargs: _clip(k, c.input_shape, max_norm, **kw), kernel)
+            cast(Any, jax.tree.structure(updates, is_leaf=is_array_like)).flatten_up_to(params)
         except (ValueError, TypeError) as error:
-            raise _checked(error, where) from None
-        targets.append((index, conv, kwargs))
-    return targets
+            msg = f"updates and params must have the same structure: {error}"
+            raise ValueError(msg) from None
+        step = functools.partial(_projected_update, options=options)
+        return jax.tree.map(step, updates, params, specs, is_leaf=is_array_like), state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _explicit_sharding(x: Any) -> Any:
-    """The sharding in ``x``'s type under JAX's explicit sharding mode, else None.
+def _every(inner: optax.GradientTransformationExtraArgs, every: int) -> optax.GradientTransformationExtraArgs:
+    """The stateless ``inner`` on updates ``every``, ``2 * every``, ...; the others pass through.
 
-    (In the default, automatic mode the type carries none, and XLA partitions
-    the projection by itself.)
+    What ``optax.transforms.conditionally_transform`` does, with the public
+    state kept: an :class:`OperatorNormState` whose ``count`` is the updates
+    since the last projection (``conditionally_transform``'s is the inner
+    state and a count of all updates).
     """
-    typeof = getattr(jax, "typeof", None)
-    sharding = getattr(typeof(x), "sharding", None) if typeof is not None else None
-    spec = getattr(sharding, "spec", None)
-    if spec is None or all(axis is None for axis in spec):
-        return None
-    return sharding
+
+    def init_fn(params: Any) -> OperatorNormState:
+        inner.init(params)  # (its checks; it keeps no state)
+        return OperatorNormState(count=jnp.zeros((), jnp.int32))
+
+    def update_fn(
+        updates: Any, state: OperatorNormState, params: Any = None, **extra_args: Any
+    ) -> tuple[Any, OperatorNormState]:
+        def transform(tree: Any) -> Any:
+            return inner.update(tree, optax.EmptyState(), params, **extra_args)[0]
+
+        if every == 1:
+            return transform(updates), OperatorNormState(jnp.zeros((), jnp.int32))
+        _require(params)  # on every update, also where jax.disable_jit() runs one branch only
+        due = state.count + 1 >= every
+        # Only the branch taken runs: the updates in between do not pay for the projection.
+        new = jax.lax.cond(due, transform, lambda tree: tree, updates)
+        return new, OperatorNormState(jnp.where(due, 0, state.count + 1).astype(jnp.int32))
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _replicated(x: jax.Array) -> jax.Array:
-    """``x`` gathered on every device, where its type says it is sharded (explicit mode).
-
-    The projection reshapes the kernel's spectrum in ways explicit sharding
-    cannot type; kernels are small, so each device projects the whole kernel.
-    """
-    sharding = _explicit_sharding(x)
-    if sharding is None:
-        return x
-    replicated = _sharding.NamedSharding(sharding.mesh, _sharding.PartitionSpec())
-    return cast(jax.Array, _sharding.reshard(x, replicated))
-
-
-def _sharded_like(x: jax.Array, like: jax.Array) -> jax.Array:
-    """``x`` with the sharding in ``like``'s type (explicit mode); ``x`` itself otherwise."""
-    sharding = _explicit_sharding(like)
-    if sharding is None:
-        return x
-    return cast(jax.Array, _sharding.reshard(x, sharding))
-
-
-@functools.partial(jax.jit, static_argnames=("input_shape", "max_norm", "options"))
-def _project_kernel(kernel: jax.Array, input_shape: Any, max_norm: float, options: Any) -> jax.Array:
-    """The core's projection, compiled (also when ``update`` runs eagerly; inlined under ``jit``)."""
-    return cast(jax.Array, _clip(kernel, input_shape, max_norm, **dict(options)))
+def _clip_options(max_norm: Any, options: dict[str, Any]) -> ClipOptions:
+    """The projection's options, checked: the names this transform takes, then every value."""
+    unknown = sorted(set(options) - set(_CLIP_OPTIONS))
+    if unknown:
+        msg = (
+            f"unknown option(s) {unknown}: pass {list(_CLIP_OPTIONS)} here, and layer options "
+            "(stride, padding, groups, ...) per kernel with convsv.optax.Conv"
+        )
+        raise TypeError(msg)
+    return ClipOptions.for_adapter(max_norm, options)
 
 
 def clip_operator_norm(
@@ -426,191 +462,16 @@ def clip_operator_norm(
     5 2 False
     6 0 True
     """
-    max_norm = positive_bound(max_norm)
+    clip_options = _clip_options(max_norm, options)
     if isinstance(every, bool) or not isinstance(every, int) or every < 1:
         msg = f"`every` must be a positive int, got {every!r}"
         raise ValueError(msg)
-    unknown = sorted(set(options) - set(_CLIP_OPTIONS))
-    if unknown:
-        msg = (
-            f"unknown option(s) {unknown}: pass {list(_CLIP_OPTIONS)} here, and layer options "
-            "(stride, padding, groups, ...) per kernel with convsv.optax.Conv"
-        )
-        raise TypeError(msg)
-    ClipOptions(max_norm, **options)  # every option's own check, now
-    if not _is_function(input_shapes):
-        jax.tree_util.tree_flatten(input_shapes, is_leaf=_is_shape_leaf)  # fails now for a non-pytree
-
-    def init_fn(params: Any) -> OperatorNormState:
-        _targets(params, input_shapes, layout, max_norm, options)
-        return OperatorNormState(count=jnp.zeros((), jnp.int32))
-
-    def update_fn(
-        updates: Any, state: OperatorNormState, params: Any = None, **extra_args: Any
-    ) -> tuple[Any, OperatorNormState]:
-        del extra_args
-        if params is None:
-            msg = (
-                "convsv.optax.clip_operator_norm needs the parameters: call update(updates, state, params) "
-                "(nnx.Optimizer and optax.chain pass them on)"
-            )
-            raise ValueError(msg)
-        targets = _targets(params, input_shapes, layout, max_norm, options)
-        param_leaves = jax.tree_util.tree_leaves(params, is_leaf=_is_array_like)
-        update_leaves, update_def = jax.tree_util.tree_flatten(updates, is_leaf=_is_array_like)
-        if len(update_leaves) != len(param_leaves):
-            msg = (
-                f"updates have {len(update_leaves)} arrays but params have {len(param_leaves)}: "
-                "they must have the same structure"
-            )
-            raise ValueError(msg)
-
-        def project(selected: list[jax.Array]) -> list[jax.Array]:
-            out = []
-            for (index, conv, kwargs), update in zip(targets, selected, strict=True):
-                param = jnp.asarray(param_leaves[index])
-                target = _replicated((param + update).astype(param.dtype))
-                projected = _project_kernel(target, conv.input_shape, max_norm, tuple(kwargs.items()))
-                step = _sharded_like(projected, param) - param
-                out.append(_sharded_like(step, update).astype(update.dtype))
-            return out
-
-        selected = [update_leaves[index] for index, _, _ in targets]
-        if every == 1:
-            new, count = project(selected), jnp.zeros((), jnp.int32)
-        else:
-            due = state.count + 1 >= every
-            # Only the branch taken runs: the updates in between do not pay for the projection.
-            new = jax.lax.cond(due, project, list, selected)
-            count = jnp.where(due, 0, state.count + 1).astype(jnp.int32)
-        for (index, _, _), leaf in zip(targets, new, strict=True):
-            update_leaves[index] = leaf
-        return jax.tree_util.tree_unflatten(update_def, update_leaves), OperatorNormState(count)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    if not is_function(input_shapes):
+        jax.tree.structure(input_shapes, is_leaf=_is_shape_leaf)  # fails now for a non-pytree
+    return _every(_project_kernels(input_shapes, layout, clip_options), every)
 
 
-# ---------------------------------------------------------------------------------------------------
-# Reading Flax and Equinox layers
-
-
-def _flax_conv_types() -> tuple[type, ...]:
-    """Flax's (NNX, Linen) Conv classes, if flax is already imported (a layer to read implies it is)."""
-    types = []
-    for module, name in (("flax.nnx", "Conv"), ("flax.linen", "Conv")):
-        if module in sys.modules:
-            types.append(getattr(sys.modules[module], name))
-    return tuple(types)
-
-
-def _equinox_conv_types() -> tuple[type, ...]:
-    eqx = sys.modules.get("equinox")
-    return (eqx.nn.Conv,) if eqx is not None else ()
-
-
-def _instance_of(obj: Any, types: tuple[type, ...]) -> bool:
-    return isinstance(obj, types)
-
-
-def _per_axis(value: Any, ndim: int) -> tuple[int, ...]:
-    if value is None:
-        return (1,) * ndim
-    if isinstance(value, int):
-        return (value,) * ndim
-    return tuple(int(v) for v in value)
-
-
-def _spatial(input_shape: Any, ndim: int, where: str) -> tuple[int, ...]:
-    if isinstance(input_shape, int):
-        return (input_shape,) * ndim
-    sizes = tuple(int(n) for n in input_shape)
-    if len(sizes) != ndim:
-        msg = f"input shape {sizes} for {where} needs {ndim} spatial sizes"
-        raise ValueError(msg)
-    return sizes
-
-
-def _circular_or_error(
-    shape: tuple[int, ...],
-    pads: Sequence[tuple[int, int]],
-    span: tuple[int, ...],
-    stride: tuple[int, ...],
-    where: str,
-) -> None:
-    reason = why_not_circulant(pads, span, stride, shape)
-    if reason is not None:
-        msg = f"{where}: {reason}"
-        raise ValueError(msg)
-
-
-def _flax_options(layer: Any, shape: tuple[int, ...], where: str) -> Conv:
-    ksize = (layer.kernel_size,) if isinstance(layer.kernel_size, int) else tuple(layer.kernel_size)
-    d = len(ksize)
-    if getattr(layer, "mask", None) is not None:
-        msg = f"{where}: a masked Conv (mask=...) is not modelled; the projection would ignore the mask"
-        raise ValueError(msg)
-    if _per_axis(layer.input_dilation, d) != (1,) * d:
-        msg = f"{where}: input_dilation={layer.input_dilation} is not modelled (use a ConvTranspose layout)"
-        raise ValueError(msg)
-    stride = _per_axis(layer.strides, d)
-    dilation = _per_axis(layer.kernel_dilation, d)
-    span = dilated_spans(ksize, dilation)
-    padding = layer.padding
-    layout = {1: "WIO", 2: "HWIO", 3: "DHWIO"}[d]
-    common = {"layout": layout, "stride": stride, "dilation": dilation, "groups": layer.feature_group_count}
-    if isinstance(padding, str):
-        mode = padding.upper()
-        if mode == "CIRCULAR":
-            _circular_or_error(shape, [((w - 1) // 2, w // 2) for w in span], span, stride, where)
-            return Conv(shape, padding="circular", **common)
-        if mode == "CAUSAL":
-            if d != 1:
-                msg = f"{where}: CAUSAL padding is only defined for 1-D convolutions"
-                raise ValueError(msg)
-            return Conv(shape, padding=((span[0] - 1, 0),), **common)
-        if mode not in ("SAME", "SAME_LOWER", "VALID"):
-            msg = f"{where}: padding={padding!r} is not modelled: convsv handles zero and circular padding"
-            raise ValueError(msg)
-        pads = jax.lax.padtype_to_pads(shape, span, stride, mode)
-    elif isinstance(padding, int):
-        pads = [(padding, padding)] * d
-    else:
-        pads = [(p, p) if isinstance(p, int) else tuple(p) for p in padding]
-    return Conv(shape, padding=tuple((int(a), int(b)) for a, b in pads), **common)
-
-
-def _equinox_options(layer: Any, shape: tuple[int, ...], where: str) -> Conv:
-    d = layer.num_spatial_dims
-    stride, dilation = tuple(layer.stride), tuple(layer.dilation)
-    span = dilated_spans(layer.kernel_size, dilation)
-    if isinstance(layer.padding, str):
-        pads = jax.lax.padtype_to_pads(shape, span, stride, layer.padding)
-    else:
-        pads = list(layer.padding)
-    pads = [(int(a), int(b)) for a, b in pads]
-    common = {
-        "layout": {1: "OIW", 2: "OIHW", 3: "OIDHW"}[d],
-        "stride": stride,
-        "dilation": dilation,
-        "groups": layer.groups,
-    }
-    if layer.padding_mode == "CIRCULAR":
-        _circular_or_error(shape, pads, span, stride, where)
-        return Conv(shape, padding="circular", **common)
-    if layer.padding_mode != "ZEROS":
-        msg = (
-            f"{where}: padding_mode={layer.padding_mode!r} is not modelled: convsv handles zero and "
-            "circular padding"
-        )
-        raise ValueError(msg)
-    return Conv(shape, padding=tuple(pads), **common)
-
-
-def _kernel_shape(layer: Any) -> tuple[int, ...] | None:
-    kernel: Any = getattr(layer, "kernel", None)
-    if kernel is None:
-        kernel = getattr(layer, "weight", None)
-    return tuple(kernel.shape) if hasattr(kernel, "shape") else None
+# --- reading Flax and Equinox layers (the rules: convsv._frameworks.flax and .equinox) --------------
 
 
 def layer_options(layer: Any, input_shape: int | Sequence[int], *, name: str | None = None) -> Conv:
@@ -662,94 +523,27 @@ def layer_options(layer: Any, input_shape: int | Sequence[int], *, name: str | N
     ('circular', 4)
     """  # noqa: E501
     where = name or type(layer).__name__
-    if _instance_of(layer, _flax_conv_types()):
-        ksize = layer.kernel_size
-        shape = _spatial(input_shape, 1 if isinstance(ksize, int) else len(ksize), where)
-        options = _flax_options(layer, shape, where)
-    elif _instance_of(layer, _equinox_conv_types()):
-        shape = _spatial(input_shape, layer.num_spatial_dims, where)
-        options = _equinox_options(layer, shape, where)
+    for translator in (_flax, _equinox):
+        if isinstance(layer, translator.conv_types()):
+            break
     else:
         msg = (
             f"expected a flax.nnx.Conv, flax.linen.Conv or equinox.nn.Conv layer, got "
             f"{type(layer).__name__}; describe other layers with convsv.optax.Conv"
         )
         raise TypeError(msg)
-    kernel_shape = _kernel_shape(layer)
-    if kernel_shape is not None:  # (an unbound Linen layer holds no kernel)
-        kwargs = options.options("HWIO")
-        try:
-            conv_spec(kernel_shape, options.input_shape, kwargs.pop("layout"), **kwargs)
-        except (ValueError, TypeError) as error:
-            raise _checked(error, where) from None
-    return options
+    shape = spatial_shape(input_shape, translator.spatial_rank(layer), where)
+    with _naming(where):
+        conv = Conv(shape, **translator.conv_options(layer, shape))
+        kernel_shape = translator.kernel_shape(layer)
+        if kernel_shape is not None:  # (an unbound Linen layer holds no kernel)
+            layer_kwargs = conv.options("HWIO")
+            conv_spec(kernel_shape, shape, layer_kwargs.pop("layout"), **layer_kwargs)
+    return conv
 
 
-@contextmanager
-def _recording(cls: type, spatial: Callable[[Any, Any], tuple[int, ...]]) -> Iterator[dict[int, Any]]:
-    """Record ``(layer, input spatial shape)`` by ``id(layer)`` at each call of a ``cls`` instance.
-
-    Patches ``cls.__call__`` for the duration (not thread-safe); subclasses that
-    call ``super().__call__`` are recorded too.
-    """
-    seen: dict[int, Any] = {}
-    missing = object()
-    saved = vars(cls).get("__call__", missing)
-    original = cls.__call__
-
-    def call(self: Any, inputs: Any, *args: Any, **kwargs: Any) -> Any:
-        seen[id(self)] = (self, spatial(self, inputs))
-        return original(self, inputs, *args, **kwargs)
-
-    method = "__call__"
-    setattr(cls, method, call)
-    try:
-        yield seen
-    finally:
-        if saved is missing:
-            delattr(cls, method)
-        else:
-            setattr(cls, method, saved)
-
-
-def _key(entry: Any) -> Any:
-    """A path entry's plain value: DictKey.key, SequenceKey.idx, GetAttrKey.name, or itself."""
-    for attribute in ("key", "idx", "name"):
-        if hasattr(entry, attribute):
-            return getattr(entry, attribute)
-    return entry
-
-
-def _plain(path: KeyPath) -> tuple[Any, ...]:
-    return tuple(_key(entry) for entry in path)
-
-
-def _options_from_call(
-    cls: type,
-    spatial: Callable[[Any, Any], tuple[int, ...]],
-    call: Callable[[], Any],
-    paths: dict[int, tuple[Any, ...]],
-    weight: str,
-    separator: str,
-) -> dict[tuple[Any, ...], Conv]:
-    """Each ``cls`` layer's :class:`Conv` from the inputs ``call()`` gives it, by parameter path.
-
-    ``paths`` maps ``id(layer)`` to the layer's path in the model; the key of
-    each result is that path plus the kernel's attribute name ``weight``.
-    """
-    with _recording(cls, spatial) as seen:
-        call()
-    found: dict[tuple[Any, ...], Conv] = {}
-    for path_id, path in paths.items():
-        if path_id in seen:
-            layer, shape = seen[path_id]
-            key = (*path, weight)
-            found[key] = layer_options(layer, shape, name=separator.join(map(str, path)))
-    unseen = sorted(separator.join(map(str, p)) for i, p in paths.items() if i not in seen)
-    if unseen:
-        msg = f"Conv layer(s) {unseen} were not called by model(example_input): no input shape for them"
-        raise ValueError(msg)
-    return found
+def _read(layer: Any, input_shape: tuple[int, ...], name: str) -> Conv:
+    return layer_options(layer, input_shape, name=name)
 
 
 def nnx_input_shapes(model: Any, example_input: Any, *, wrt: Any = None) -> Any:
@@ -794,28 +588,7 @@ def nnx_input_shapes(model: Any, example_input: Any, *, wrt: Any = None) -> Any:
     >>> shapes["layers"][1]["kernel"].stride, shapes["layers"][1]["bias"]
     ((2, 2), None)
     """
-    from flax import nnx
-
-    wrt = nnx.Param if wrt is None else wrt
-    found: dict[tuple[Any, ...], Conv] = {}
-
-    def forward(module: Any, inputs: Any) -> None:
-        graph = nnx.iter_graph(module)
-        paths = {id(node): _plain(path) for path, node in graph if isinstance(node, nnx.Conv)}
-        found.update(
-            _options_from_call(
-                nnx.Conv,
-                lambda layer, x: tuple(x.shape[-len(layer.kernel_size) - 1 : -1]),
-                lambda: module(inputs),
-                paths,
-                "kernel",
-                "/",
-            )
-        )
-
-    nnx.eval_shape(forward, model, example_input)
-    params = nnx.as_pure(nnx.state(model, wrt))
-    return jax.tree_util.tree_map_with_path(lambda path, _: found.get(_plain(path)), params)
+    return _flax.input_shapes(model, example_input, wrt, _read)
 
 
 def equinox_input_shapes(model: Any, example_input: Any, *, params: Any = None) -> Any:
@@ -865,22 +638,4 @@ def equinox_input_shapes(model: Any, example_input: Any, *, params: Any = None) 
     >>> shapes.layers[1].weight.layout, shapes.layers[1].weight.input_shape, shapes.layers[1].bias
     ('OIHW', (8, 8), None)
     """
-    import equinox as eqx
-
-    found: dict[tuple[Any, ...], Conv] = {}
-
-    def is_conv(node: Any) -> bool:
-        return isinstance(node, eqx.nn.Conv)
-
-    def forward(module: Any, inputs: Any) -> None:
-        layers = jax.tree_util.tree_flatten_with_path(module, is_leaf=is_conv)[0]
-        paths = {id(node): _plain(path) for path, node in layers if is_conv(node)}
-        found.update(
-            _options_from_call(
-                eqx.nn.Conv, lambda _, x: tuple(x.shape[1:]), lambda: module(inputs), paths, "weight", "."
-            )
-        )
-
-    eqx.filter_eval_shape(forward, model, example_input)
-    params = eqx.filter(model, eqx.is_array) if params is None else params
-    return jax.tree_util.tree_map_with_path(lambda path, _: found.get(_plain(path)), params)
+    return _equinox.input_shapes(model, example_input, params, _read)
