@@ -273,7 +273,7 @@ def _transposed_input(
         raise ValueError(msg)
     if padding == "same":
         return tuple(m * s + e for m, s, e in zip(given, strides, extra, strict=True))
-    pad_sums = [0] * len(given) if padding == "valid" else [a + b for a, b in padding]
+    pad_sums = [0] * len(given) if isinstance(padding, str) else [a + b for a, b in padding]  # str: valid
     conv_input = tuple(
         (m - 1) * s - p + w + e for m, s, p, w, e in zip(given, strides, pad_sums, span, extra, strict=True)
     )
@@ -421,7 +421,7 @@ def parse(
     The kernel stays in the user's layout and dtype; :func:`working_kernel`
     turns it into what the maths takes.
     """
-    array, namespace = namespace_of(kernel, xp)  # type: ignore[arg-type]
+    array, namespace = namespace_of(kernel, xp)
     spec = conv_spec(
         tuple(array.shape),
         input_shape,

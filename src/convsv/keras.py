@@ -30,11 +30,12 @@ import array_api_compat
 import keras
 import numpy as np
 
+from ._clipping import ClipInfo
 from ._frameworks.keras import to_numpy, transposed_padding
 from ._layout import conv_spec, dilated_spans
 from ._norms import operator_norm
 from ._options import ClipOptions, positive_bound
-from ._projection import ClipInfo, clip_operator_norm
+from ._projection import clip_operator_norm
 
 __all__ = [
     "LayerReport",

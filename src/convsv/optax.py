@@ -43,7 +43,7 @@ from ._frameworks.jax import (
 )
 from ._layout import ConvSpec, conv_spec
 from ._lib import namespace_of
-from ._options import ClipOptions
+from ._options import CLIP_OPTIONS, ClipOptions
 from ._projection import clip
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
     "nnx_input_shapes",
 ]
 
-_CLIP_OPTIONS = ("method", "iterations", "tol", "min_norm", "bound")
 KeyPath = tuple[Any, ...]
 
 
@@ -325,10 +324,10 @@ def _every(inner: optax.GradientTransformationExtraArgs, every: int) -> optax.Gr
 
 def _clip_options(max_norm: Any, options: dict[str, Any]) -> ClipOptions:
     """The projection's options, checked: the names this transform takes, then every value."""
-    unknown = sorted(set(options) - set(_CLIP_OPTIONS))
+    unknown = sorted(set(options) - set(CLIP_OPTIONS))
     if unknown:
         msg = (
-            f"unknown option(s) {unknown}: pass {list(_CLIP_OPTIONS)} here, and layer options "
+            f"unknown option(s) {unknown}: pass {list(CLIP_OPTIONS)} here, and layer options "
             "(stride, padding, groups, ...) per kernel with convsv.optax.Conv"
         )
         raise TypeError(msg)

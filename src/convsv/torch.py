@@ -266,6 +266,7 @@ def _project_all(
             weight = layer.weight.detach()
             xp = array_api_compat.array_namespace(weight)
             new, info = clip(weight, _spec(layer, shapes[name]), xp, options, return_info=True)
+            assert info is not None  # (asked for)
             results.append((name, layer, new, info))
         for _, layer, new, _ in results:
             layer.weight.copy_(new)
@@ -509,9 +510,9 @@ class OperatorNormParametrization(nn.Module):
         shape = tuple(weight.shape)
         if shape not in self._specs:  # one spec per weight shape, not one per forward pass
             self._specs[shape] = conv_spec(shape, self.input_shape, **self.layer)
-        projected, _ = clip(
-            weight, self._specs[shape], array_api_compat.array_namespace(weight), self.options
-        )
+        xp = array_api_compat.array_namespace(weight)
+        projected, _ = clip(weight, self._specs[shape], xp, self.options)
+        assert isinstance(projected, torch.Tensor)
         return projected
 
 
