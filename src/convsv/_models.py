@@ -312,13 +312,10 @@ def _spatial(shape: Any, channels_first: bool) -> tuple[int, ...] | None:
     return spatial if all(isinstance(n, int) and n > 0 for n in spatial) else None
 
 
-def _keras_conv(keras: Any, name: str, layer: Any) -> list[ConvLayer]:
-    L = keras.layers
-    plain = (L.Conv1D, L.Conv2D, L.Conv3D)
-    transposed = (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)
-    depthwise = (L.DepthwiseConv1D, L.DepthwiseConv2D)
-    separable = (L.SeparableConv1D, L.SeparableConv2D)
-    if not isinstance(layer, plain + transposed + depthwise + separable):
+def _keras_conv(name: str, layer: Any) -> list[ConvLayer]:
+    """A Keras layer's convolution kernels, translated as :mod:`convsv.keras` translates them."""
+    kernels = keras_layers.kernels_of(layer)
+    if not kernels:
         return []
     first = layer.data_format == "channels_first"
     try:
@@ -326,43 +323,19 @@ def _keras_conv(keras: Any, name: str, layer: Any) -> list[ConvLayer]:
         size_out = _spatial(layer.output.shape, first)
     except (AttributeError, ValueError):  # not built on a symbolic input, or shared
         size_in = size_out = None
-    ndim = len(layer.strides)
-    padding = layer.padding
-    spans = dilated_spans(layer.kernel_size, layer.dilation_rate)
-    if padding == "causal":  # Conv1D: zeros on the left only
-        padding = [(spans[0] - 1, 0)]
-    options = {
-        "stride": tuple(layer.strides),
-        "dilation": tuple(layer.dilation_rate),
-        "groups": getattr(layer, "groups", 1),
-        "padding": padding,
-        "transposed": False,
-        "output_padding": 0,
-    }
-
-    def numpy(x: Any) -> Any:
-        return keras_layers.to_numpy(x)
-
-    layout = layout_for(ndim, True)
-    if isinstance(layer, depthwise + separable):
-        # Depthwise: (k, in, multiplier) -> a grouped conv, one group per input channel.
-        kernel = numpy(layer.kernel if isinstance(layer, depthwise) else layer.depthwise_kernel)
-        depth = kernel.reshape((*kernel.shape[:-2], 1, -1))
-        options["groups"] = kernel.shape[-2]
-        if isinstance(layer, depthwise):
-            return [ConvLayer(name, depth, layout, options, size_in)]
-        # Separable: the pointwise 1x1 conv sees the depthwise output, the layer's output size.
-        pointwise = {**ASSUMED_OPTIONS, "padding": "valid"}
-        return [
-            ConvLayer(f"{name}/depthwise", depth, layout, options, size_in),
-            ConvLayer(f"{name}/pointwise", numpy(layer.pointwise_kernel), layout, pointwise, size_out),
-        ]
-    if isinstance(layer, transposed):  # the constraint's model of it (convsv.keras)
-        options["transposed"] = True
-        options["padding"], options["output_padding"] = keras_layers.transposed_padding(
-            spans, layer.strides, padding, layer.output_padding
-        )
-    return [ConvLayer(name, numpy(layer.kernel), layout, options, size_in)]
+    found = []
+    for _, kind, variable in kernels:  # a separable layer: "depthwise", then "pointwise"
+        kernel = keras_layers.to_numpy(variable)
+        label = f"{name}/{kind}" if len(kernels) > 1 else name
+        if kind == "pointwise":  # the 1x1 convolution sees the depthwise output, the layer's output size
+            options = {**ASSUMED_OPTIONS, "padding": "valid"}
+            found.append(ConvLayer(label, kernel, layout_for(kernel.ndim - 2, True), options, size_out))
+            continue
+        fields = keras_layers.layer_fields(layer, kind, None)
+        shape, options = keras_layers.conv_options(kernel.shape, **fields)
+        layout = options.pop("layout")
+        found.append(ConvLayer(label, kernel.reshape(shape), layout, options, size_in))
+    return found
 
 
 def read_keras(path: Path, input_size: Sequence[int] | None, layout: str | None) -> Model:
@@ -388,7 +361,7 @@ def read_keras(path: Path, input_size: Sequence[int] | None, layout: str | None)
         model = clone
     layers = []
     for name, layer in _keras_layers(keras, model):
-        layers += _keras_conv(keras, name, layer)
+        layers += _keras_conv(name, layer)
     return Model(str(path), "Keras", layers)
 
 

@@ -20,22 +20,16 @@ convsv`` alone does not.
 
 from __future__ import annotations
 
-import functools
 import math
-import operator
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-import array_api_compat
 import keras
-import numpy as np
 
 from ._clipping import ClipInfo
-from ._frameworks.keras import to_numpy, transposed_padding
-from ._layout import conv_spec, dilated_spans
-from ._norms import operator_norm
-from ._options import ClipOptions, positive_bound
-from ._projection import clip_operator_norm
+from ._frameworks.keras import KerasConv, convolutions, input_spatial, kernels_of, layer_fields, to_numpy
+from ._keras_backends import constrain, layer_norm, project
+from ._options import CLIP_OPTIONS, ClipOptions, positive_bound
 
 __all__ = [
     "LayerReport",
@@ -45,64 +39,19 @@ __all__ = [
     "conv_kernels",
 ]
 
-_LAYOUTS = {1: "WIO", 2: "HWIO", 3: "DHWIO"}
-_PADDINGS = ("valid", "same", "causal", "circular")
-_KINDS = ("conv", "depthwise", "transpose")
-_CLIP_OPTIONS = ("method", "iterations", "tol", "min_norm", "bound")
+#: The projection options the constraint and the callback take (``ClipOptions.for_adapter``'s), in order.
 Shapes = Mapping[str, Any]
+Kernels = list[tuple[str, str, Any, "OperatorNormConstraint"]]
 
 
-def _check_clip_options(max_norm: float, options: Mapping[str, Any]) -> dict[str, Any]:
-    """The projection options (``method``, ..., ``bound``), checked with the bound they go with."""
-    checked = ClipOptions.for_adapter(max_norm, options)
-    return {name: getattr(checked, name) for name in _CLIP_OPTIONS}
+def _clip_config(options: ClipOptions) -> dict[str, Any]:
+    """The adapter's projection options as keyword arguments (JSON-serialisable)."""
+    return {name: getattr(options, name) for name in CLIP_OPTIONS}
 
 
-def _sizes(value: object, name: str, minimum: int = 1) -> int | tuple[int, ...]:
-    """An int or a sequence of ints, each ``>= minimum``; lists (from JSON configs) become tuples."""
-    if value is None:
-        msg = f"`{name}` is required"
-        raise ValueError(msg)
-    items = value if isinstance(value, (list, tuple)) else (value,)
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, (int, np.integer)) or item < minimum:
-            kind = "positive" if minimum == 1 else "non-negative"
-            msg = f"`{name}` must be a {kind} int or a sequence of them, got {value!r}"
-            raise ValueError(msg)
-    if isinstance(value, (list, tuple)):
-        if not value:
-            msg = f"`{name}` must not be empty"
-            raise ValueError(msg)
-        return tuple(int(v) for v in value)
-    return operator.index(value)  # type: ignore[arg-type]
-
-
-def _per_axis(value: int | tuple[int, ...], rank: int, name: str) -> tuple[int, ...]:
-    if isinstance(value, int):
-        return (value,) * rank
-    if len(value) != rank:
-        msg = f"`{name}` has {len(value)} entries but the kernel has {rank} spatial axes"
-        raise ValueError(msg)
-    return value
-
-
-@functools.lru_cache(maxsize=64)
-def _jitted_projection(config: tuple[tuple[str, Any], ...], return_info: bool) -> Any:
-    """One compiled projection per constraint configuration (eager JAX would dispatch op by op)."""
-    import jax
-
-    constraint = OperatorNormConstraint(**dict(config))
-    return jax.jit(lambda kernel: constraint._project_array(kernel, return_info=return_info))
-
-
-def _in_xla_context() -> bool:
-    """Whether TensorFlow is tracing a function for XLA (``jit_compile=True``)."""
-    try:
-        from tensorflow.python.framework import ops as tf_ops
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # pragma: no cover - TensorFlow internals moved
-        return False
-    return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
+def _described(name: str, doc: str) -> Any:
+    """A read-only attribute of the constraint's layer description (a frozen :class:`KerasConv`)."""
+    return property(lambda self: getattr(self._conv, name), doc=doc)
 
 
 @keras.saving.register_keras_serializable(package="convsv")
@@ -173,6 +122,15 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
         On the TensorFlow backend inside an XLA-compiled function: compile
         with ``jit_compile=False`` (see Notes).
 
+    Attributes
+    ----------
+    max_norm, input_shape, strides, padding, dilation_rate, groups, output_padding, kind
+        The arguments as checked (read-only): sequences as tuples, an int
+        for the same size on every axis, ``padding`` in lower case.
+    clip_options : dict
+        The projection options: ``method``, ``iterations``, ``tol``,
+        ``min_norm`` and ``bound``.
+
     See Also
     --------
     OperatorNormClipping : The every-N-steps schedule, options read from the model.
@@ -206,6 +164,14 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
     True
     """
 
+    input_shape = _described("input_shape", "The layer's input spatial shape (an int: every axis).")
+    strides = _described("strides", "The layer's strides.")
+    padding = _described("padding", "The layer's padding, lower case.")
+    dilation_rate = _described("dilation_rate", "The layer's dilation.")
+    groups = _described("groups", "The layer's groups.")
+    output_padding = _described("output_padding", "A transposed layer's output padding, or None.")
+    kind = _described("kind", "The kernel's kind: 'conv', 'depthwise' or 'transpose'.")
+
     def __init__(
         self,
         max_norm: float,
@@ -223,48 +189,29 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
         min_norm: float | None = None,
         bound: str = "tight",
     ) -> None:
-        self.max_norm = positive_bound(max_norm)
-        self.input_shape = _sizes(input_shape, "input_shape")
-        self.strides = _sizes(strides, "strides")
-        self.dilation_rate = _sizes(dilation_rate, "dilation_rate")
-        groups_ = _sizes(groups, "groups")
-        if not isinstance(groups_, int):
-            msg = f"`groups` must be a positive int, got {groups!r}"
-            raise ValueError(msg)
-        self.groups = groups_
-        self.output_padding = None if output_padding is None else _sizes(output_padding, "output_padding", 0)
-        if kind not in _KINDS:
-            msg = f"`kind` must be one of {_KINDS}, got {kind!r}"
-            raise ValueError(msg)
-        self.kind = kind
-        self.padding = padding.lower() if isinstance(padding, str) else padding
-        if self.padding not in _PADDINGS:
-            msg = f"`padding` must be one of {_PADDINGS}, got {padding!r}"
-            raise ValueError(msg)
-        if kind != "conv" and self.groups != 1:
-            msg = f"`groups` is for kind='conv' (a {kind} kernel's groups follow from its shape)"
-            raise ValueError(msg)
-        if kind != "transpose" and self.output_padding is not None:
-            msg = "`output_padding` is for kind='transpose'"
-            raise ValueError(msg)
-        if self.padding == "causal" and (kind == "transpose" or _rank_of(self) not in (None, 1)):
-            msg = "padding='causal' is for 1-D convolutions (Conv1D)"
-            raise ValueError(msg)
-        rank = _rank_of(self) or 1  # all ints: the same on every axis
-        if self.padding == "circular" and kind != "transpose":
-            shape = _per_axis(self.input_shape, rank, "input_shape")
-            steps = _per_axis(self.strides, rank, "strides")
-            if any(n % s for n, s in zip(shape, steps, strict=True)):
-                msg = (
-                    f"`strides` {self.strides} must divide the feature map {self.input_shape} "
-                    "for circular padding"
-                )
-                raise ValueError(msg)
-        self.clip_options = _check_clip_options(
-            self.max_norm,
-            {"method": method, "iterations": iterations, "tol": tol, "min_norm": min_norm, "bound": bound},
+        max_norm = positive_bound(max_norm)  # first: its error before any other
+        self._conv = KerasConv(
+            input_shape,
+            strides=strides,
+            padding=padding,
+            dilation_rate=dilation_rate,
+            groups=groups,
+            output_padding=output_padding,
+            kind=kind,
         )
-        ClipOptions(self.max_norm, **self.clip_options).check_padding(self.padding == "circular")
+        given = {"method": method, "iterations": iterations, "tol": tol, "min_norm": min_norm, "bound": bound}
+        self._options = ClipOptions.for_adapter(max_norm, given)
+        self._options.check_padding(self._conv.padding == "circular")
+
+    @property
+    def max_norm(self) -> float:
+        """The bound on the layer's operator norm."""
+        return self._options.max_norm
+
+    @property
+    def clip_options(self) -> dict[str, Any]:
+        """The projection options: ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``."""
+        return _clip_config(self._options)
 
     # -- the layer, as convsv sees it --------------------------------------------------------------
 
@@ -299,45 +246,7 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
         >>> shape, options["layout"], options["padding"]
         ((3, 4, 4), 'WIO', ((4, 0),))
         """
-        shape = tuple(int(n) for n in kernel_shape)
-        rank = len(shape) - 2
-        if rank not in _LAYOUTS:
-            msg = f"expected a 1-D, 2-D or 3-D convolution kernel (*k, in, out), got shape {shape}"
-            raise ValueError(msg)
-        strides = _per_axis(self.strides, rank, "strides")
-        dilation = _per_axis(self.dilation_rate, rank, "dilation_rate")
-        input_shape = _per_axis(self.input_shape, rank, "input_shape")
-        spans = dilated_spans(shape[:rank], dilation)
-        groups = self.groups
-        if self.kind == "depthwise":
-            groups = shape[rank]
-            shape = (*shape[:rank], 1, shape[rank] * shape[rank + 1])
-        options: dict[str, Any] = {
-            "input_shape": input_shape,
-            "layout": _LAYOUTS[rank],
-            "stride": strides,
-            "dilation": dilation,
-            "groups": groups,
-            "transposed": self.kind == "transpose",
-            "output_padding": 0,
-        }
-        padding: Any = self.padding
-        if self.padding == "causal":
-            if rank != 1:
-                msg = f"padding='causal' is for 1-D convolutions, got a {rank}-D kernel"
-                raise ValueError(msg)
-            padding = ((spans[0] - 1, 0),)
-        elif self.kind == "transpose" and self.padding != "circular":
-            extra = (
-                None
-                if self.output_padding is None
-                else _per_axis(self.output_padding, rank, "output_padding")
-            )
-            padding, options["output_padding"] = transposed_padding(spans, strides, self.padding, extra)
-        options["padding"] = padding
-        core = {key: value for key, value in options.items() if key != "input_shape"}
-        conv_spec(shape, input_shape, **core)  # the core's own checks, now
-        return shape, options
+        return self._conv.convsv_options(kernel_shape)
 
     def check(self, kernel_shape: Sequence[int]) -> None:
         """Raise now what applying the constraint to a kernel of this shape would raise.
@@ -353,28 +262,8 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
             As :meth:`convsv_options`, or for a dilated kernel larger than
             the (circular) map.
         """
-        shape, options = self.convsv_options(kernel_shape)
-        core = {key: value for key, value in options.items() if key != "input_shape"}
-        spec = conv_spec(shape, options["input_shape"], **core)
-        if any(w > n for w, n in zip(spec.dilated_size, spec.grid, strict=True)):
-            msg = f"the kernel's dilated size {spec.dilated_size} exceeds the feature map {spec.grid}"
-            raise ValueError(msg)
-
-    def _project_array(self, kernel: Any, return_info: bool) -> Any:
-        """Project an array-API kernel (NumPy, JAX, PyTorch) in its own namespace."""
-        xp = array_api_compat.array_namespace(kernel)
-        original = tuple(kernel.shape)
-        shape, options = self.convsv_options(original)
-        input_shape = options.pop("input_shape")
-        if shape != original:
-            kernel = xp.reshape(kernel, shape)
-        result = clip_operator_norm(
-            kernel, input_shape, self.max_norm, return_info=return_info, **options, **self.clip_options
-        )
-        new, info = result if return_info else (result, None)
-        if shape != original:
-            new = xp.reshape(new, original)
-        return (new, info) if return_info else new
+        _, spec = self._conv.spec(kernel_shape)
+        self._options.check_layer(spec)
 
     def project(self, kernel: Any) -> tuple[Any, ClipInfo]:
         """Project a kernel eagerly; returns ``(kernel, info)``.
@@ -392,48 +281,11 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
         info : convsv.ClipInfo
             As :func:`convsv.clip_operator_norm` returns it.
         """
-        value = kernel.value if isinstance(kernel, keras.Variable) else kernel
-        backend = keras.backend.backend()
-        if backend == "jax":
-            new, info = _jitted_projection(self._config_key(), True)(value)
-            return new, info
-        if backend == "torch":
-            value = value.detach()
-        elif backend != "numpy":
-            value = to_numpy(value)
-        new, info = self._project_array(value, return_info=True)
-        return new, info
+        return project(kernel, self._conv, self._options)
 
     def __call__(self, w: Any) -> Any:
         """The projected kernel, as a backend tensor (traced inside the train step)."""
-        backend = keras.backend.backend()
-        value = keras.ops.convert_to_tensor(w)
-        if backend == "jax":  # compiled once per configuration, inlined when traced in a train step
-            return _jitted_projection(self._config_key(), False)(keras.ops.stop_gradient(value))
-        if backend in ("torch", "numpy"):
-            return self._project_array(keras.ops.stop_gradient(value), return_info=False)
-        if backend != "tensorflow":
-            return keras.ops.convert_to_tensor(self._project_array(to_numpy(value), return_info=False))
-        import tensorflow as tf
-
-        if tf.executing_eagerly():  # (tf.numpy_function would convert with np.array, which NumPy 2 flags)
-            return tf.convert_to_tensor(self._project_array(to_numpy(value), return_info=False))
-        if _in_xla_context():
-            msg = (
-                "OperatorNormConstraint runs its projection in NumPy on the TensorFlow backend "
-                "(tf.numpy_function), which XLA cannot compile: compile the model with "
-                "jit_compile=False, or use convsv.keras.OperatorNormClipping, which projects "
-                "between steps"
-            )
-            raise RuntimeError(msg)
-        out = tf.numpy_function(
-            lambda array: np.asarray(self._project_array(array, return_info=False), dtype=array.dtype),
-            [value],
-            Tout=value.dtype,
-            stateful=False,
-        )
-        out.set_shape(value.shape)
-        return out
+        return constrain(w, self._conv, self._options)
 
     def operator_norm(self, kernel: Any, **norm_options: Any) -> float:
         """The operator norm of the layer with this kernel (exact; Lanczos for zero padding).
@@ -456,15 +308,7 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
             for zero padding, the norm of the zero-padded layer itself (at
             most that of the circular layer the projection bounds).
         """
-        value = to_numpy(kernel)
-        if value.dtype.kind == "f":
-            value = value.astype(np.float64)
-        shape, options = self.convsv_options(value.shape)
-        input_shape = options.pop("input_shape")
-        return float(operator_norm(np.reshape(value, shape), input_shape, **options, **norm_options))
-
-    def _config_key(self) -> tuple[tuple[str, Any], ...]:
-        return tuple((key, _hashable(item)) for key, item in self.get_config().items())
+        return layer_norm(kernel, self._conv, norm_options)
 
     def get_config(self) -> dict[str, Any]:
         """The constructor's arguments (JSON-serialisable).
@@ -474,17 +318,7 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
         dict
             Keyword arguments that rebuild this constraint.
         """
-        return {
-            "max_norm": self.max_norm,
-            "input_shape": self.input_shape,
-            "strides": self.strides,
-            "padding": self.padding,
-            "dilation_rate": self.dilation_rate,
-            "groups": self.groups,
-            "output_padding": self.output_padding,
-            "kind": self.kind,
-            **self.clip_options,
-        }
+        return {"max_norm": self.max_norm, **self._conv.config(), **self.clip_options}
 
     @classmethod
     def for_layer(
@@ -527,7 +361,7 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
         ('depthwise', (8, 8), (2, 2), 'same')
         >>> layer.kernel.constraint = constraint  # applied after every update (not saved with the model)
         """
-        kinds = [kind for attr, kind, _ in _kernels_of(layer) if attr == "kernel"]
+        kinds = [kind for attr, kind, _ in kernels_of(layer) if attr == "kernel"]
         if not kinds:
             msg = (
                 f"{type(layer).__name__} is not a Keras Conv1D/2D/3D, DepthwiseConv1D/2D or "
@@ -535,90 +369,8 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
             )
             raise TypeError(msg)
         if input_shape is None:
-            input_shape = _input_spatial(layer)
-        return _constraint_for(layer, kinds[0], max_norm, input_shape, clip_options)
-
-
-def _hashable(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
-
-
-def _rank_of(constraint: OperatorNormConstraint) -> int | None:
-    """The rank the tuple-valued options imply, if any does."""
-    for value in (
-        constraint.input_shape,
-        constraint.strides,
-        constraint.dilation_rate,
-        constraint.output_padding,
-    ):
-        if isinstance(value, tuple):
-            return len(value)
-    return None
-
-
-def _kernels_of(layer: Any) -> list[tuple[str, str, Any]]:
-    """``(attribute, kind, variable)`` for each kernel of a supported convolution layer (else empty)."""
-    layers = keras.layers
-    if isinstance(layer, layers.SeparableConv1D | layers.SeparableConv2D):
-        return [
-            ("depthwise_kernel", "depthwise", getattr(layer, "depthwise_kernel", None)),
-            ("pointwise_kernel", "pointwise", getattr(layer, "pointwise_kernel", None)),
-        ]
-    if isinstance(layer, layers.DepthwiseConv1D | layers.DepthwiseConv2D):
-        kind = "depthwise"
-    elif isinstance(layer, layers.Conv1DTranspose | layers.Conv2DTranspose | layers.Conv3DTranspose):
-        kind = "transpose"
-    elif isinstance(layer, layers.Conv1D | layers.Conv2D | layers.Conv3D):
-        kind = "conv"
-    else:
-        return []
-    return [("kernel", kind, getattr(layer, "kernel", None))]
-
-
-def _constraint_for(
-    layer: Any, kind: str, max_norm: float, input_shape: Any, clip_options: Mapping[str, Any]
-) -> OperatorNormConstraint:
-    if kind == "pointwise":  # a 1x1 convolution: its norm does not depend on the map
-        return OperatorNormConstraint(max_norm, 1, kind="conv", padding="circular", **clip_options)
-    return OperatorNormConstraint(
-        max_norm,
-        input_shape,
-        strides=tuple(layer.strides),
-        padding=layer.padding,
-        dilation_rate=tuple(layer.dilation_rate),
-        groups=int(getattr(layer, "groups", 1)) if kind == "conv" else 1,
-        output_padding=getattr(layer, "output_padding", None) if kind == "transpose" else None,
-        kind=kind,
-        **clip_options,
-    )
-
-
-def _input_spatial(layer: Any) -> tuple[int, ...]:
-    """A built layer's input spatial shape, from its build shape or its symbolic input."""
-    shape = None
-    config = layer.get_build_config() if layer.built else None
-    if config and "input_shape" in config:
-        shape = config["input_shape"]
-    else:
-        try:
-            shape = layer.input.shape
-        except (AttributeError, ValueError):
-            shape = None
-    if shape is None:
-        msg = (
-            f"no input shape for layer {layer.name!r}: build the model first (call it once or give it an "
-            "Input), or pass input_shapes={name: spatial shape}"
-        )
-        raise ValueError(msg)
-    shape = tuple(shape)
-    spatial = shape[2:] if layer.data_format == "channels_first" else shape[1:-1]
-    if any(n is None for n in spatial):
-        msg = (
-            f"layer {layer.name!r} has an input of unknown spatial size {shape}: pass "
-            "input_shapes={name: spatial shape}"
-        )
-        raise ValueError(msg)
-    return tuple(int(n) for n in spatial)
+            input_shape = input_spatial(layer)
+        return cls(max_norm, **layer_fields(layer, kinds[0], input_shape), **clip_options)
 
 
 class LayerReport(NamedTuple):
@@ -649,14 +401,6 @@ class LayerReport(NamedTuple):
     norm_before: float
     norm_after: float
     iterations: int
-
-
-def _all_layers(model: Any) -> Iterator[Any]:
-    seen: set[int] = set()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if id(layer) not in seen:
-            seen.add(id(layer))
-            yield layer
 
 
 def conv_kernels(
@@ -710,43 +454,31 @@ def conv_kernels(
     >>> [(name, attr, c.input_shape) for name, attr, _, c in conv_kernels(model, 1.0)]
     [('down', 'kernel', (8, 8)), ('sep', 'depthwise_kernel', (4, 4)), ('sep', 'pointwise_kernel', 1)]
     """
-    max_norm = positive_bound(max_norm)
-    clip_options = _check_clip_options(max_norm, clip_options)
+    return _conv_kernels(model, ClipOptions.for_adapter(max_norm, clip_options), input_shapes, layers)
+
+
+def _conv_kernels(
+    model: Any, options: ClipOptions, input_shapes: Shapes | None, layers: Sequence[Any] | None
+) -> Kernels:
+    """:func:`conv_kernels` with checked options."""
     given = dict(input_shapes or {})
-    if layers is None:
-        chosen = [layer for layer in _all_layers(model) if _kernels_of(layer)]
-    else:
-        by_name = {layer.name: layer for layer in _all_layers(model)}
-        chosen = []
-        for item in layers:
-            layer = by_name.get(item) if isinstance(item, str) else item
-            if layer is None:
-                msg = f"no layer named {item!r} in the model"
-                raise ValueError(msg)
-            if not _kernels_of(layer):
-                msg = (
-                    f"layer {layer.name!r} ({type(layer).__name__}) is not a supported convolution: "
-                    "Conv1D/2D/3D, DepthwiseConv1D/2D, SeparableConv1D/2D or Conv1D/2D/3DTranspose"
-                )
-                raise TypeError(msg)
-            chosen.append(layer)
+    chosen = convolutions(model, layers)
     unknown = sorted(set(given) - {layer.name for layer in chosen})
     if unknown:
         msg = f"input_shapes names layer(s) {unknown} that are not among the convolutions clipped"
         raise ValueError(msg)
     found = []
     for layer in chosen:
-        shape = given[layer.name] if layer.name in given else _input_spatial(layer)
-        bound = (
-            math.sqrt(max_norm)
-            if isinstance(layer, keras.layers.SeparableConv1D | keras.layers.SeparableConv2D)
-            else max_norm
-        )
-        for attr, kind, variable in _kernels_of(layer):
+        shape = given[layer.name] if layer.name in given else input_spatial(layer)
+        kernels = kernels_of(layer)
+        # A separable layer is two kernels in a row: each to sqrt(max_norm) bounds the layer by max_norm.
+        bound = math.sqrt(options.max_norm) if len(kernels) > 1 else options.max_norm
+        for attr, kind, variable in kernels:
             if variable is None:
                 msg = f"layer {layer.name!r} is not built: build the model first"
                 raise ValueError(msg)
-            constraint = _constraint_for(layer, kind, bound, shape, clip_options)
+            fields = layer_fields(layer, kind, shape)
+            constraint = OperatorNormConstraint(bound, **fields, **_clip_config(options))
             constraint.check(tuple(variable.shape))
             found.append((layer.name, attr, variable, constraint))
     return found
@@ -931,19 +663,26 @@ class OperatorNormClipping(keras.callbacks.Callback):  # type: ignore[misc]
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             msg = f"`every` must be a positive int, got {every!r}"
             raise ValueError(msg)
-        self.max_norm = positive_bound(max_norm)
+        self._options = ClipOptions.for_adapter(max_norm, clip_options)
         self.every = every
         self.input_shapes = dict(input_shapes or {})
         self.layers = None if layers is None else list(layers)
-        self.clip_options = _check_clip_options(self.max_norm, clip_options)
         self.steps = 0
         self.last_report: list[LayerReport] = []
         self._last_batch = -1
 
-    def _kernels(self) -> list[tuple[str, str, Any, OperatorNormConstraint]]:
-        return conv_kernels(
-            self.model, self.max_norm, input_shapes=self.input_shapes, layers=self.layers, **self.clip_options
-        )
+    @property
+    def max_norm(self) -> float:
+        """The bound on every layer's operator norm."""
+        return self._options.max_norm
+
+    @property
+    def clip_options(self) -> dict[str, Any]:
+        """The projection options: ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``."""
+        return _clip_config(self._options)
+
+    def _kernels(self) -> Kernels:
+        return _conv_kernels(self.model, self._options, self.input_shapes, self.layers)
 
     def on_train_begin(self, logs: Any = None) -> None:
         """Check every layer now (unknown input shapes, unsupported layers), before any step."""
