@@ -38,12 +38,15 @@ import torch
 from imagenet_resnet import ARCHITECTURES, ResNet, resnet
 
 import convsv
+from convsv._analysis import summarize
+from convsv._devices import BACKENDS, converter
 from convsv._lib import to_host
 
-# convsv._models and convsv._report are private helpers of `convsv analyze`, used here (this script lives
-# in convsv's repository) for the same checkpoint unwrapping, backend choice, statistics and figure.
+# convsv._models, _analysis, _devices and _output are private helpers of `convsv analyze`, used here
+# (this script lives in convsv's repository) for the same checkpoint unwrapping, backend choice,
+# statistics and figure.
 from convsv._models import ModelError, _checkpoint_body
-from convsv._report import BACKENDS, converter, plot_spectra, summarize
+from convsv._output import plot_spectra
 from convsv.torch import conv_layers, input_shapes, layer_options
 
 # A ResNet halves its map five times (stem conv, max-pool, three strided stages).

@@ -24,21 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, operator_norm_bounds, singular_values
+from ._analysis import Progress, analyze, reshaped_norm, resolve_sizes, summarize
+from ._devices import BACKENDS, converter
 from ._layout import LAYOUTS
 from ._lib import to_host
 from ._models import ModelError, load_model
-from ._report import (
-    BACKENDS,
-    Progress,
-    analyze,
-    converter,
-    format_csv,
-    format_table,
-    plot_spectra,
-    reshaped_norm,
-    resolve_sizes,
-    summarize,
-)
+from ._output import format_csv, format_table, plot_spectra
 
 SPECTRUM_BACKENDS = ("numpy", "torch", "jax")
 DEFAULT_PLOT = "digits-cnn-spectra.png"
