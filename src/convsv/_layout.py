@@ -332,7 +332,6 @@ def conv_spec(
     kernel_shape: tuple[int, ...],
     input_shape: object,
     layout: str,
-    *,
     stride: object = 1,
     dilation: object = 1,
     groups: object = 1,
@@ -405,34 +404,16 @@ def from_spatial_first(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
 
 
 def parse(
-    kernel: object,
-    input_shape: object,
-    layout: object,
-    xp: object,
-    stride: object = 1,
-    dilation: object = 1,
-    groups: object = 1,
-    transposed: object = False,
-    padding: object = "circular",
-    output_padding: object = 0,
+    kernel: object, input_shape: object, layout: object, xp: object, *layer: object, **options: object
 ) -> tuple[Array, ConvSpec, Namespace]:
     """The common front door of every public function: ``(kernel as an array, spec, namespace)``.
 
-    The kernel stays in the user's layout and dtype; :func:`working_kernel`
-    turns it into what the maths takes.
+    ``layer`` and ``options`` are :func:`conv_spec`'s stride, dilation, ...
+    (positional, in its order, or by name). The kernel stays in the user's
+    layout and dtype; :func:`working_kernel` turns it into what the maths takes.
     """
     array, namespace = namespace_of(kernel, xp)
-    spec = conv_spec(
-        tuple(array.shape),
-        input_shape,
-        layout,  # type: ignore[arg-type]
-        stride=stride,
-        dilation=dilation,
-        groups=groups,
-        transposed=transposed,
-        padding=padding,
-        output_padding=output_padding,
-    )
+    spec = conv_spec(tuple(array.shape), input_shape, layout, *layer, **options)  # type: ignore[arg-type]
     return array, spec, namespace
 
 
