@@ -463,90 +463,120 @@ def framework_convolution(
     outputs = [
         (n + a + b - w) // s + 1 for n, (a, b), w, s in zip(input_shape, pads, spans, stride, strict=True)
     ]
-    crop = (slice(None), slice(None), *(slice(a, a + n) for (a, _), n in zip(pads, input_shape, strict=True)))
+    pair = None
+    geometry = (stride, dilation, groups, pads, input_shape, outputs, spans)
     if array_api_compat.is_torch_array(weight):
-        import torch.nn.functional as tf
+        pair = _torch_convolution(weight, *geometry)
+    elif array_api_compat.is_jax_array(weight):
+        pair = _jax_convolution(weight, *geometry)
+    return None if pair is None else _first_outputs(pair, outputs, output_shape)
 
-        d = len(stride)
-        conv = (tf.conv1d, tf.conv2d, tf.conv3d)[d - 1]
-        conv_t = (tf.conv_transpose1d, tf.conv_transpose2d, tf.conv_transpose3d)[d - 1]
-        flat_pads = tuple(p for pair in reversed(pads) for p in pair)  # torch pads the last axis first
-        # What the transposed convolution must add to reach the padded map (less than the stride).
-        extra = tuple(
-            n + a + b - (m - 1) * s - w
-            for n, (a, b), m, s, w in zip(input_shape, pads, outputs, stride, spans, strict=True)
+
+def _torch_convolution(
+    weight: Array,
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    pads: tuple[tuple[int, int], ...],
+    input_shape: tuple[int, ...],
+    outputs: list[int],
+    spans: list[int],
+) -> Convolution:
+    """PyTorch's ``conv{1,2,3}d`` and ``conv_transpose{1,2,3}d`` (see :func:`framework_convolution`)."""
+    crop = (slice(None), slice(None), *(slice(a, a + n) for (a, _), n in zip(pads, input_shape, strict=True)))
+    import torch.nn.functional as tf
+
+    d = len(stride)
+    conv = (tf.conv1d, tf.conv2d, tf.conv3d)[d - 1]
+    conv_t = (tf.conv_transpose1d, tf.conv_transpose2d, tf.conv_transpose3d)[d - 1]
+    flat_pads = tuple(p for pair in reversed(pads) for p in pair)  # torch pads the last axis first
+    # What the transposed convolution must add to reach the padded map (less than the stride).
+    extra = tuple(
+        n + a + b - (m - 1) * s - w
+        for n, (a, b), m, s, w in zip(input_shape, pads, outputs, stride, spans, strict=True)
+    )
+    adjoint_weight = weight.conj().resolve_conj() if weight.is_complex() else weight
+    # Equal zeros on both sides are the convolutions' own `padding` (no copy of the map to pad or crop).
+    symmetric = tuple(a for a, b in pads) if all(a == b for a, b in pads) else None
+
+    def torch_forward(x: Array) -> Array:
+        if symmetric is not None:
+            return conv(x, weight, stride=stride, padding=symmetric, dilation=dilation, groups=groups)
+        return conv(tf.pad(x, flat_pads), weight, stride=stride, dilation=dilation, groups=groups)
+
+    def torch_adjoint(y: Array) -> Array:
+        options: dict[str, Any] = {
+            "stride": stride,
+            "output_padding": extra,
+            "groups": groups,
+            "dilation": dilation,
+        }
+        if symmetric is not None:
+            return conv_t(y, adjoint_weight, padding=symmetric, **options)
+        return conv_t(y, adjoint_weight, **options)[crop]
+
+    return torch_forward, torch_adjoint
+
+
+def _jax_convolution(
+    weight: Array,
+    stride: tuple[int, ...],
+    dilation: tuple[int, ...],
+    groups: int,
+    pads: tuple[tuple[int, int], ...],
+    input_shape: tuple[int, ...],
+    outputs: list[int],
+    spans: list[int],
+) -> Convolution:
+    """JAX's ``lax.conv_general_dilated``, the adjoint spelled out (see :func:`framework_convolution`)."""
+    import jax
+    from jax import lax
+
+    complex_weight = jax.numpy.iscomplexobj(weight)
+
+    def jax_forward(x: Array) -> Array:
+        return lax.conv_general_dilated(
+            x,
+            weight,
+            stride,
+            list(pads),
+            rhs_dilation=dilation,
+            feature_group_count=groups,
+            precision=lax.Precision.HIGHEST,  # no TF32 on GPUs
         )
-        adjoint_weight = weight.conj().resolve_conj() if weight.is_complex() else weight
-        # Equal zeros on both sides are the convolutions' own `padding` (no copy of the map to pad or crop).
-        symmetric = tuple(a for a, b in pads) if all(a == b for a, b in pads) else None
 
-        def torch_forward(x: Array) -> Array:
-            if symmetric is not None:
-                return conv(x, weight, stride=stride, padding=symmetric, dilation=dilation, groups=groups)
-            return conv(tf.pad(x, flat_pads), weight, stride=stride, dilation=dilation, groups=groups)
+    # The adjoint: a stride-1 correlation of the output spread out by the stride (zeros between)
+    # with the flipped, conjugated kernel whose in and out swap within each group, padded
+    # (negative: cropped) to line up with the input map. Spelled out, because JAX's own
+    # transpose (lhs_dilation) of a strided 3-D convolution aborts in XLA's CPU simplifier.
+    out, group_in = weight.shape[:2]
+    ndim = len(stride)
+    split = lax.reshape(weight, (groups, out // groups, group_in, *weight.shape[2:]))
+    swapped = lax.transpose(split, (0, 2, 1, *range(3, ndim + 3)))
+    flipped = lax.rev(swapped, tuple(range(3, ndim + 3)))
+    flipped_weight = lax.reshape(flipped, (groups * group_in, out // groups, *weight.shape[2:]))
+    if complex_weight:
+        flipped_weight = flipped_weight.conj()
+    adjoint_pads = [
+        (w - 1 - a, n + a - m * s)
+        for n, (a, _), m, s, w in zip(input_shape, pads, outputs, stride, spans, strict=True)
+    ]
+    xp = array_api_compat.array_namespace(weight)
 
-        def torch_adjoint(y: Array) -> Array:
-            options: dict[str, Any] = {
-                "stride": stride,
-                "output_padding": extra,
-                "groups": groups,
-                "dilation": dilation,
-            }
-            if symmetric is not None:
-                return conv_t(y, adjoint_weight, padding=symmetric, **options)
-            return conv_t(y, adjoint_weight, **options)[crop]
+    def jax_adjoint(y: Array) -> Array:
+        for axis, s in enumerate(stride, start=2):
+            y = interleave_zeros(y, axis, s, xp)
+        return lax.conv_general_dilated(
+            y,
+            flipped_weight,
+            (1,) * ndim,
+            adjoint_pads,
+            rhs_dilation=dilation,
+            feature_group_count=groups,
+            precision=lax.Precision.HIGHEST,
+        )
 
-        return _first_outputs((torch_forward, torch_adjoint), outputs, output_shape)
-    if array_api_compat.is_jax_array(weight):
-        import jax
-        from jax import lax
-
-        complex_weight = jax.numpy.iscomplexobj(weight)
-
-        def jax_forward(x: Array) -> Array:
-            return lax.conv_general_dilated(
-                x,
-                weight,
-                stride,
-                list(pads),
-                rhs_dilation=dilation,
-                feature_group_count=groups,
-                precision=lax.Precision.HIGHEST,  # no TF32 on GPUs
-            )
-
-        # The adjoint: a stride-1 correlation of the output spread out by the stride (zeros between)
-        # with the flipped, conjugated kernel whose in and out swap within each group, padded
-        # (negative: cropped) to line up with the input map. Spelled out, because JAX's own
-        # transpose (lhs_dilation) of a strided 3-D convolution aborts in XLA's CPU simplifier.
-        out, group_in = weight.shape[:2]
-        ndim = len(stride)
-        split = lax.reshape(weight, (groups, out // groups, group_in, *weight.shape[2:]))
-        swapped = lax.transpose(split, (0, 2, 1, *range(3, ndim + 3)))
-        flipped = lax.rev(swapped, tuple(range(3, ndim + 3)))
-        flipped_weight = lax.reshape(flipped, (groups * group_in, out // groups, *weight.shape[2:]))
-        if complex_weight:
-            flipped_weight = flipped_weight.conj()
-        adjoint_pads = [
-            (w - 1 - a, n + a - m * s)
-            for n, (a, _), m, s, w in zip(input_shape, pads, outputs, stride, spans, strict=True)
-        ]
-        xp = array_api_compat.array_namespace(weight)
-
-        def jax_adjoint(y: Array) -> Array:
-            for axis, s in enumerate(stride, start=2):
-                y = interleave_zeros(y, axis, s, xp)
-            return lax.conv_general_dilated(
-                y,
-                flipped_weight,
-                (1,) * ndim,
-                adjoint_pads,
-                rhs_dilation=dilation,
-                feature_group_count=groups,
-                precision=lax.Precision.HIGHEST,
-            )
-
-        return _first_outputs((jax_forward, jax_adjoint), outputs, output_shape)
-    return None
+    return jax_forward, jax_adjoint
 
 
 def _first_outputs(pair: Convolution, outputs: list[int], kept: tuple[int, ...] | None) -> Convolution:
