@@ -25,24 +25,38 @@ def _onnx_constants(graph: Any) -> dict[str, Any]:
     return values
 
 
-def _onnx_shapes(onnx: Any, model: Any, input_size: Sequence[int] | None, path: Path) -> dict[str, Any]:
-    """Every value's shape from ONNX shape inference, the graph input resized to ``input_size``."""
+def _resize_input(model: Any, input_size: Sequence[int]) -> str:
+    """Give the model's first input the spatial size ``input_size``; a note where it has no spatial axes.
+
+    The input is taken as ``(batch, channels, *spatial)``, PyTorch's order. Other inputs (a
+    recurrent state, a sample rate) keep their stored shapes.
+    """
     initializers = {init.name for init in model.graph.initializer}
-    if input_size is not None:
-        for value in model.graph.input:
-            if value.name in initializers:
-                continue
-            dims = value.type.tensor_type.shape.dim
-            what = f"the model's input {value.name!r} (batch, channels, spatial axes)"
-            for dim, size in zip(dims[2:], expand_size(input_size, len(dims) - 2, what), strict=True):
-                dim.ClearField("dim_param")
-                dim.dim_value = int(size)
-            if not dims[0].dim_value:
-                dims[0].dim_value = 1
-        # The sizes the model was exported with are stale now.
-        del model.graph.value_info[:]
-        for value in model.graph.output:
-            value.type.tensor_type.ClearField("shape")
+    inputs = [value for value in model.graph.input if value.name not in initializers]
+    if not inputs:
+        return ""
+    value = inputs[0]
+    dims = value.type.tensor_type.shape.dim
+    if len(dims) < 3:
+        return (
+            f"--input-size does not resize the model's input {value.name!r} ({len(dims)} axes, not "
+            "(batch, channels, *spatial)): it is the map of the layers whose size shape inference leaves open"
+        )
+    what = f"the model's input {value.name!r} (batch, channels, spatial axes)"
+    for dim, size in zip(dims[2:], expand_size(input_size, len(dims) - 2, what), strict=True):
+        dim.ClearField("dim_param")
+        dim.dim_value = int(size)
+    if not dims[0].dim_value:
+        dims[0].dim_value = 1
+    # The sizes the model was exported with are stale now.
+    del model.graph.value_info[:]
+    for output in model.graph.output:
+        output.type.tensor_type.ClearField("shape")
+    return ""
+
+
+def _onnx_shapes(onnx: Any, model: Any, path: Path) -> dict[str, Any]:
+    """Every value's shape from ONNX shape inference."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
     except Exception as err:
@@ -91,7 +105,8 @@ def read_onnx(path: Path, input_size: Sequence[int] | None, layout: str | None) 
     if not model.graph.node:
         raise _unreadable(path, "ONNX", ValueError("the graph has no nodes"))
     constants = _onnx_constants(model.graph)
-    shapes = _onnx_shapes(onnx, model, input_size, path)
+    note = _resize_input(model, input_size) if input_size is not None else ""
+    shapes = _onnx_shapes(onnx, model, path)
     layers = []
     for index, node in enumerate(model.graph.node):
         if node.op_type not in ("Conv", "ConvTranspose") or node.domain not in ("", "ai.onnx"):
@@ -130,4 +145,4 @@ def read_onnx(path: Path, input_size: Sequence[int] | None, layout: str | None) 
             "output_padding": extra,
         }
         layers.append(ConvLayer(name, kernel, layout_for(ndim, False), options, size))
-    return Model(str(path), "ONNX", layers)
+    return Model(str(path), "ONNX", layers, [note] if note else [])

@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .common import Expected, analyze_json, check_rows, need, onnx_layers, onnx_reference
+from .common import (
+    Expected,
+    analyze,
+    analyze_error,
+    analyze_json,
+    check_rows,
+    need,
+    onnx_layers,
+    onnx_reference,
+)
 
 # The command line computes with NumPy unless told otherwise.
 pytestmark = pytest.mark.backend("numpy")
@@ -92,3 +101,65 @@ def test_onnx_auto_pad_same(capsys, tmp_path):
                  pads=[[1, 0], [1, 0]]),
     ]  # fmt: skip
     check_rows(rows, expected)
+
+
+def small_model(onnx, nodes, inputs, output, weights, rank=4):
+    """A one-output ONNX model (opset 17) of ``nodes``, its ``weights`` initializers, checked."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes,
+        "small",
+        inputs,
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, [None] * rank)],
+        [numpy_helper.from_array(value, name) for name, value in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_onnx_input_size_resizes_the_first_input_only(capsys, tmp_path):
+    """A second input, here a scalar gain, keeps its shape (--input-size used to fail on it)."""
+    onnx = need("onnx")
+    from onnx import TensorProto, helper
+
+    weights = {"w": np.random.default_rng(6).standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+        helper.make_tensor_value_info("gain", TensorProto.FLOAT, []),
+    ]
+    model = small_model(onnx, [conv, helper.make_node("Mul", ["y", "gain"], ["z"])], inputs, "z", weights)
+    path = tmp_path / "gain.onnx"
+    onnx.save(model, str(path))
+    rows = analyze_json(capsys, path, "--input-size", "8", "6")
+    apply = onnx_reference(onnx, conv, weights["w"])
+    expected = Expected("conv", weights["w"], "OIHW", (8, 6), (8, 6), apply, 3, pads=[[1, 1], [1, 1]])
+    check_rows(rows, [expected])
+
+
+def test_onnx_input_without_spatial_axes(capsys, tmp_path):
+    """An input of (batch, samples), made (batch, 1, samples) inside: --input-size is the conv's map."""
+    onnx = need("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    weights = {"w": np.random.default_rng(7).standard_normal((2, 1, 3)).astype(np.float32)}
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64))
+    nodes = [
+        helper.make_node("Constant", [], ["axes"], value=axes),
+        helper.make_node("Unsqueeze", ["x", "axes"], ["x1"]),
+        helper.make_node("Conv", ["x1", "w"], ["y"], name="conv", pads=[1, 1]),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L"])]
+    path = tmp_path / "audio.onnx"
+    onnx.save(small_model(onnx, nodes, inputs, "y", weights, rank=3), str(path))
+    analyze_error(capsys, path, message="feature-map size of layer 'conv' is not fixed")
+    rows = analyze_json(capsys, path, "--input-size", "16")
+    apply = onnx_reference(onnx, nodes[2], weights["w"])
+    expected = Expected(
+        "conv", weights["w"], "OIW", (16,), (16,), apply, 1, stride=(1,), dilation=(1,), pads=[[1, 1]]
+    )
+    check_rows(rows, [expected])
+    table, _ = analyze(capsys, path, "--input-size", "16", "--no-progress")
+    assert "note: --input-size does not resize the model's input 'x' (2 axes" in table
