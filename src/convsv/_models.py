@@ -74,6 +74,8 @@ class Model:
     format: str
     layers: list[ConvLayer]
     notes: list[str] = field(default_factory=list)
+    # Why a layer's feature-map size may be unknown, for the error asking for --input-size.
+    unsized: str = "a dynamic or weights-only input size"
 
 
 def layout_for(ndim: int, channels_last: bool) -> str:
