@@ -216,19 +216,25 @@ def _torch_module(module: Any, input_size: Sequence[int] | None, path: Path) -> 
                 f"layer's feature-map size) failed: {err}"
             )
             raise ModelError(msg) from None
-    layers = []
-    for name, m in convs:
-        kernel, shape = torch_layers.to_numpy(m.weight), shapes.get(name)
-        try:  # the adapter's translation and policy (convsv.torch.layer_options)
-            options = torch_layers.conv_options(m, shape)
-        except ValueError as err:
-            layout = torch_layers.LAYOUTS[kernel.ndim - 2]
-            layers.append(ConvLayer(name, kernel, layout, {}, shape, unmodelled=str(err)))
-            continue
-        layout = options.pop("layout")
-        options.setdefault("output_padding", 0)
-        layers.append(ConvLayer(name, kernel, layout, options, shape))
-    return layers
+    return [torch_conv(name, m, shapes.get(name)) for name, m in convs]
+
+
+def torch_conv(name: str, layer: Any, shape: tuple[int, ...] | None) -> ConvLayer:
+    """A PyTorch convolution as a layer, translated as the adapter translates it.
+
+    ``layer`` is a ``torch.nn`` module or one read from a TorchScript archive
+    (:class:`convsv._torchscript.StoredConv`): :func:`convsv._frameworks.torch.conv_options`
+    reads the attributes they share, the rule :func:`convsv.torch.layer_options` follows.
+    """
+    kernel = torch_layers.to_numpy(layer.weight)
+    try:
+        options = torch_layers.conv_options(layer, shape)
+    except ValueError as err:
+        layout = torch_layers.LAYOUTS[kernel.ndim - 2]
+        return ConvLayer(name, kernel, layout, {}, shape, unmodelled=str(err))
+    layout = options.pop("layout")
+    options.setdefault("output_padding", 0)
+    return ConvLayer(name, kernel, layout, options, shape)
 
 
 def _checkpoint_body(obj: Any) -> Any:
