@@ -6,7 +6,9 @@ the library's vocabulary, and the spatial size of the layer's input where the
 file determines it. Nothing here computes a spectrum, and nothing executes
 code stored in a file: PyTorch checkpoints are loaded with
 ``weights_only=True`` (only ``torch.nn``'s own classes are allowed), Keras
-files with ``safe_mode=True``.
+files with ``safe_mode=True``, TorchScript archives read as data by
+:mod:`convsv._torchscript` (never ``torch.jit.load``). ONNX models are read
+by :mod:`convsv._onnx`.
 
 Formats that store only tensors (PyTorch state dicts, safetensors, ``.npz``)
 carry no strides or paddings. Such files may describe their layers in a JSON
@@ -253,6 +255,10 @@ def _is_tensor(x: Any) -> bool:
 
 
 def read_torch(path: Path, input_size: Sequence[int] | None, layout: str | None) -> Model:
+    from . import _torchscript  # which imports this module
+
+    if _torchscript.is_torchscript(path):
+        return _torchscript.read_torchscript(path, input_size)
     torch = _need("torch", "PyTorch checkpoints")
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
@@ -389,6 +395,7 @@ Reader = Callable[[Path, "Sequence[int] | None", "str | None"], Model]
 READERS: dict[str, Reader] = {
     ".pt": read_torch,
     ".pth": read_torch,
+    ".jit": read_torch,
     ".safetensors": read_safetensors,
     ".keras": read_keras,
     ".onnx": read_onnx,
