@@ -8,12 +8,14 @@ ONNX scopes names lexically: a subgraph sees the values, initializers and
 graph may be used inside a branch. A layer in a subgraph is named by the path
 to it, ``OUTER/ATTRIBUTE/NODE`` (``gate/then_branch/conv1``,
 ``If_0/else_branch/Loop_2/body/Conv_0``), each node named as in the main
-graph: its ``name``, or ``OpType_INDEX`` (its position in its own graph) when
-it has none. A convolution in both branches of an ``If`` is two layers; one in
-a ``Loop`` or ``Scan`` body is one layer, however often the body runs.
+graph: its ``name`` (without the leading ``/`` of PyTorch's exporter's names:
+``/If/then_branch/stft/Conv``), or ``OpType_INDEX`` (its position in its own
+graph) when it has none. A convolution in both branches of an ``If`` is two
+layers; one in a ``Loop`` or ``Scan`` body is one layer, however often the
+body runs.
 
 Feature-map sizes come from ONNX shape inference, which annotates values
-inside subgraphs too (onnx 1.16 and later): from outer values, ``Scan``
+inside subgraphs too (checked with onnx 1.23): from outer values, ``Scan``
 slices and each branch's own values. A ``Loop``'s loop-carried values have no
 fixed shape; a convolution on one takes ``--input-size``, as layers of files
 without sizes do, and says so in its note.
@@ -82,9 +84,10 @@ def _all_graphs(onnx: Any, graph: Any) -> Iterator[Any]:
 
 
 def _resize_input(onnx: Any, model: Any, input_size: Sequence[int]) -> str:
-    """Give the model's first input the spatial size ``input_size``; a note where it has no spatial axes.
+    """Give the model's first input the spatial size ``input_size``; returns a note, or ``""``.
 
-    The input is taken as ``(batch, channels, *spatial)``, PyTorch's order. Other inputs (a
+    The input is taken as ``(batch, channels, *spatial)``, PyTorch's order, or
+    with two axes and one size as ``(batch, samples)`` (audio). Other inputs (a
     recurrent state, a sample rate) keep their stored shapes.
     """
     initializers = {init.name for init in model.graph.initializer}
@@ -93,13 +96,22 @@ def _resize_input(onnx: Any, model: Any, input_size: Sequence[int]) -> str:
         return ""
     value = inputs[0]
     dims = value.type.tensor_type.shape.dim
-    if len(dims) < 3:
+    note = ""
+    if len(dims) == 2 and len(input_size) == 1:
+        note = (
+            f"the model's input {value.name!r} has 2 axes, taken as (batch, samples): "
+            "--input-size is the number of samples"
+        )
+        spatial = dims[1:]
+    elif len(dims) >= 3:
+        what = f"the model's input {value.name!r} (batch, channels, spatial axes)"
+        spatial, input_size = dims[2:], expand_size(input_size, len(dims) - 2, what)
+    else:
         return (
             f"--input-size does not resize the model's input {value.name!r} ({len(dims)} axes, not "
             "(batch, channels, *spatial)): it is the map of the layers whose size shape inference leaves open"
         )
-    what = f"the model's input {value.name!r} (batch, channels, spatial axes)"
-    for dim, size in zip(dims[2:], expand_size(input_size, len(dims) - 2, what), strict=True):
+    for dim, size in zip(spatial, input_size, strict=True):
         dim.ClearField("dim_param")
         dim.dim_value = int(size)
     if not dims[0].dim_value:
@@ -109,7 +121,7 @@ def _resize_input(onnx: Any, model: Any, input_size: Sequence[int]) -> str:
         del graph.value_info[:]
         for stale in graph.output if index == 0 else [*graph.input, *graph.output]:
             stale.type.tensor_type.ClearField("shape")
-    return ""
+    return note
 
 
 def _infer_shapes(onnx: Any, model: Any, path: Path) -> Any:
@@ -198,7 +210,8 @@ def _graph_layers(
     constants = _constants(graph, constants)
     shapes = _graph_shapes(graph, shapes)
     for index, node in enumerate(graph.node):
-        name = prefix + (node.name or f"{node.op_type}_{index}")
+        own = node.name or f"{node.op_type}_{index}"
+        name = prefix + own.removeprefix("/") if prefix else own  # PyTorch's names begin with "/"
         if node.op_type in CONV_OPS and node.domain in ("", "ai.onnx"):
             if node.input[1] not in constants:
                 msg = (

@@ -139,27 +139,57 @@ def test_onnx_input_size_resizes_the_first_input_only(capsys, tmp_path):
     check_rows(rows, [expected])
 
 
-def test_onnx_input_without_spatial_axes(capsys, tmp_path):
-    """An input of (batch, samples), made (batch, 1, samples) inside: --input-size is the conv's map."""
+def test_onnx_input_of_samples(capsys, tmp_path):
+    """An input of (batch, samples), made (batch, 1, samples) inside: --input-size is the number of
+    samples, and shape inference carries it on (a strided conv, then one on a quarter of the map)."""
     onnx = need("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
-    weights = {"w": np.random.default_rng(7).standard_normal((2, 1, 3)).astype(np.float32)}
+    rng = np.random.default_rng(7)
+    weights = {"a": rng.standard_normal((2, 1, 8)), "b": rng.standard_normal((3, 2, 3))}
+    weights = {name: w.astype(np.float32) for name, w in weights.items()}
     axes = numpy_helper.from_array(np.array([1], dtype=np.int64))
     nodes = [
         helper.make_node("Constant", [], ["axes"], value=axes),
         helper.make_node("Unsqueeze", ["x", "axes"], ["x1"]),
-        helper.make_node("Conv", ["x1", "w"], ["y"], name="conv", pads=[1, 1]),
+        helper.make_node("Conv", ["x1", "a"], ["y"], name="frames", strides=[4], pads=[2, 2]),
+        helper.make_node("Conv", ["y", "b"], ["z"], name="conv", pads=[1, 1]),
     ]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L"])]
     path = tmp_path / "audio.onnx"
-    onnx.save(small_model(onnx, nodes, inputs, "y", weights, rank=3), str(path))
-    analyze_error(capsys, path, message="feature-map size of layer 'conv' is not fixed")
-    rows = analyze_json(capsys, path, "--input-size", "16")
-    apply = onnx_reference(onnx, nodes[2], weights["w"])
-    expected = Expected(
-        "conv", weights["w"], "OIW", (16,), (16,), apply, 1, stride=(1,), dilation=(1,), pads=[[1, 1]]
+    onnx.save(small_model(onnx, nodes, inputs, "z", weights, rank=3), str(path))
+    analyze_error(capsys, path, message="feature-map size of layer 'frames' is not fixed")
+    rows = analyze_json(capsys, path, "--input-size", "64")
+    one = {"dilation": (1,)}
+    expected = [
+        Expected("frames", weights["a"], "OIW", (64,), (16,), onnx_reference(onnx, nodes[2], weights["a"]), 1,
+                 stride=(4,), pads=[[2, 2]], **one),
+        Expected("conv", weights["b"], "OIW", (16,), (16,), onnx_reference(onnx, nodes[3], weights["b"]), 2,
+                 stride=(1,), pads=[[1, 1]], **one),
+    ]  # fmt: skip
+    check_rows(rows, expected)
+    table, _ = analyze(capsys, path, "--input-size", "64", "--no-progress")
+    assert "note: the model's input 'x' has 2 axes, taken as (batch, samples)" in table
+
+
+def test_onnx_first_input_without_spatial_axes(capsys, tmp_path):
+    """A scalar first input is not resized: --input-size is the map of the conv on the second."""
+    onnx = need("onnx")
+    from onnx import TensorProto, helper
+
+    weights = {"w": np.random.default_rng(8).standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    inputs = [
+        helper.make_tensor_value_info("gain", TensorProto.FLOAT, []),
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+    ]
+    model = small_model(onnx, [conv, helper.make_node("Mul", ["y", "gain"], ["z"])], inputs, "z", weights)
+    path = tmp_path / "gain_first.onnx"
+    onnx.save(model, str(path))
+    rows = analyze_json(capsys, path, "--input-size", "8")
+    apply = onnx_reference(onnx, conv, weights["w"])
+    check_rows(
+        rows, [Expected("conv", weights["w"], "OIHW", (8, 8), (8, 8), apply, 3, pads=[[1, 1], [1, 1]])]
     )
-    check_rows(rows, [expected])
-    table, _ = analyze(capsys, path, "--input-size", "16", "--no-progress")
-    assert "note: --input-size does not resize the model's input 'x' (2 axes" in table
+    table, _ = analyze(capsys, path, "--input-size", "8", "--no-progress")
+    assert "note: --input-size does not resize the model's input 'gain' (0 axes" in table

@@ -7,10 +7,22 @@ and ``convsv.singular_values`` on the same kernel (see ``common``).
 
 from __future__ import annotations
 
+import copy
+import warnings
+
 import numpy as np
 import pytest
 
-from .common import Expected, analyze, analyze_error, analyze_json, check_rows, need, onnx_reference
+from .common import (
+    Expected,
+    analyze,
+    analyze_error,
+    analyze_json,
+    check_rows,
+    need,
+    onnx_reference,
+    torch_apply,
+)
 
 # The command line computes with NumPy unless told otherwise.
 pytestmark = pytest.mark.backend("numpy")
@@ -235,3 +247,54 @@ def test_computed_weights_in_a_branch(capsys, tmp_path):
     analyze_error(
         capsys, path, message="the weights of Conv node 'gate/then_branch/conv1' are computed, not stored"
     )
+
+
+def test_pytorch_export_of_a_branching_audio_model(capsys, tmp_path):
+    """A scripted model with an `if` on its sample rate, as a voice-activity detector has: PyTorch's
+    exporter writes an If whose branches use the main graph's weights. Its input is (batch, samples);
+    the second conv's map is the first's output, a stride 8 down."""
+    torch = need("torch")
+    need("onnx")
+    nn = torch.nn
+
+    class Detector(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stft16 = nn.Conv1d(1, 8, 16, stride=8, padding=4)
+            self.enc16 = nn.Conv1d(8, 8, 3, padding=1)
+            self.stft8 = nn.Conv1d(1, 8, 8, stride=4, padding=2)
+
+        def forward(self, x: torch.Tensor, sr: torch.Tensor) -> torch.Tensor:
+            x = x.unsqueeze(1)
+            if bool(sr == 16000):  # noqa: SIM108 -- the statement, as such models have it
+                y = self.enc16(torch.relu(self.stft16(x)))
+            else:
+                y = self.stft8(x)
+            return y.mean(dim=2)
+
+    torch.manual_seed(9)
+    net = Detector().eval()
+    path = tmp_path / "detector.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript's and the TorchScript exporter's deprecations
+        torch.onnx.export(
+            torch.jit.script(net),
+            (torch.zeros(1, 512), torch.tensor(16000)),
+            str(path),
+            dynamo=False,
+            input_names=["input", "sr"],
+            dynamic_axes={"input": {0: "batch", 1: "samples"}},
+        )
+    rows = analyze_json(capsys, path, "--input-size", "512")
+
+    def layer(name, m, size, out, pad):
+        apply = torch_apply(copy.deepcopy(m).double())
+        return Expected(name, m.weight.detach().numpy(), "OIW", (size,), (out,), apply, m.in_channels,
+                        stride=m.stride, dilation=(1,), pads=[[pad, pad]])  # fmt: skip
+
+    expected = [
+        layer("/If/then_branch/stft16/Conv", net.stft16, 512, 64, 4),
+        layer("/If/then_branch/enc16/Conv", net.enc16, 64, 64, 1),
+        layer("/If/else_branch/stft8/Conv", net.stft8, 512, 128, 2),
+    ]
+    check_rows(rows, expected)
