@@ -399,6 +399,13 @@ def read_torchscript(path: Path, input_size: Sequence[int] | None) -> Model:
         raise
     except Exception as err:  # zip, pickle and parsing errors of a damaged archive
         raise _unreadable(path, "TorchScript", err) from None
+    if not layers:
+        msg = (
+            f"{path}: no torch.nn convolution modules in this TorchScript archive (a frozen or inlined "
+            "archive keeps its weights as constants of its code, which convsv does not read): analyse "
+            "the torch.nn module saved with torch.save(model), its state_dict, or an ONNX export"
+        )
+        raise ModelError(msg)
     model = Model(str(path), "TorchScript", layers)
     model.notes.append(SIZES_NOTE)
     model.unsized = "it stores none, and convsv does not run the model to find them"

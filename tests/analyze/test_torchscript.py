@@ -108,6 +108,20 @@ def test_archive_needs_an_input_size(capsys, tmp_path):
     analyze_error(capsys, path, message=message, plot=tmp_path / "p.png")
 
 
+def test_frozen_archive(capsys, tmp_path):
+    """torch.jit.freeze inlines the weights into the code: refused, saying what to save instead."""
+    torch = need("torch")
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU()).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated
+        frozen = torch.jit.freeze(torch.jit.script(net))
+    path = tmp_path / "frozen.pt"
+    frozen.save(str(path))
+    message = f"{path}: no torch.nn convolution modules in this TorchScript archive (a frozen or inlined"
+    err = analyze_error(capsys, path, "--input-size", "8", message=message)
+    assert "torch.save(model), its state_dict, or an ONNX export" in err
+
+
 def test_a_conv_the_trace_never_called(capsys, tmp_path):
     torch = need("torch")
     nn = torch.nn
@@ -192,7 +206,7 @@ def test_globals_in_the_archive_are_not_imported_or_called(capsys, tmp_path, mon
     payload = b"\x80\x02cos\nsystem\nX\x04\x00\x00\x00trueq\x00\x85R."  # os.system("true")
     evil = rewrite(path, tmp_path / "evil.pt", data_pkl=payload)
     analyze_error(
-        capsys, evil, "--input-size", "8", message="no convolutional layers found in this TorchScript"
+        capsys, evil, "--input-size", "8", message="no torch.nn convolution modules in this TorchScript"
     )
     assert calls == []
 
