@@ -158,6 +158,13 @@ def write_torch_module(path: Path) -> None:
     need("torch").save(cifar_resnet(), path)
 
 
+def write_torchscript(path: Path) -> None:
+    torch = need("torch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.script is deprecated
+        torch.jit.script(cifar_resnet()).save(str(path))
+
+
 def write_onnx(path: Path) -> None:
     torch = need("torch")
     need("onnx")
@@ -200,6 +207,7 @@ STAND_INS = {
     "weights.npy": write_kernel((32, 16, 3, 3)),  # OIHW, as PyTorch stores a Conv2d(16, 32, 3)
     "depthwise.npy": write_kernel((3, 3, 1, 32)),  # HWIO, one input channel per group
     "resnet18_cifar.pt": write_torch_module,
+    "resnet18_scripted.pt": write_torchscript,
     "model.onnx": write_onnx,
     "classifier.keras": write_keras,
 }

@@ -62,7 +62,7 @@ def resolve_sizes(model: Model, input_size: Sequence[int] | None) -> None:
         if input_size is None:
             msg = (
                 f"{model.source}: the feature-map size of layer {layer.name!r} is not fixed by this "
-                f"{model.format} file (a dynamic or weights-only input size): give --input-size"
+                f"{model.format} file ({model.unsized}): give --input-size"
             )
             raise ModelError(msg)
         layer.input_shape = expand_size(input_size, layer.ndim, f"layer {layer.name!r}")

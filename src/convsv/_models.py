@@ -6,7 +6,9 @@ the library's vocabulary, and the spatial size of the layer's input where the
 file determines it. Nothing here computes a spectrum, and nothing executes
 code stored in a file: PyTorch checkpoints are loaded with
 ``weights_only=True`` (only ``torch.nn``'s own classes are allowed), Keras
-files with ``safe_mode=True``.
+files with ``safe_mode=True``, TorchScript archives read as data by
+:mod:`convsv._torchscript` (never ``torch.jit.load``). ONNX models are read
+by :mod:`convsv._onnx`.
 
 Formats that store only tensors (PyTorch state dicts, safetensors, ``.npz``)
 carry no strides or paddings. Such files may describe their layers in a JSON
@@ -29,7 +31,7 @@ from typing import Any
 
 from ._frameworks import keras as keras_layers
 from ._frameworks import torch as torch_layers
-from ._layout import LAYOUTS, _same_pads, dilated_spans
+from ._layout import LAYOUTS
 
 # The options a stored layer may set, with the values a tensor-only format implies.
 ASSUMED_OPTIONS: dict[str, Any] = {
@@ -74,6 +76,8 @@ class Model:
     format: str
     layers: list[ConvLayer]
     notes: list[str] = field(default_factory=list)
+    # Why a layer's feature-map size may be unknown, for the error asking for --input-size.
+    unsized: str = "a dynamic or weights-only input size"
 
 
 def layout_for(ndim: int, channels_last: bool) -> str:
@@ -214,19 +218,25 @@ def _torch_module(module: Any, input_size: Sequence[int] | None, path: Path) -> 
                 f"layer's feature-map size) failed: {err}"
             )
             raise ModelError(msg) from None
-    layers = []
-    for name, m in convs:
-        kernel, shape = torch_layers.to_numpy(m.weight), shapes.get(name)
-        try:  # the adapter's translation and policy (convsv.torch.layer_options)
-            options = torch_layers.conv_options(m, shape)
-        except ValueError as err:
-            layout = torch_layers.LAYOUTS[kernel.ndim - 2]
-            layers.append(ConvLayer(name, kernel, layout, {}, shape, unmodelled=str(err)))
-            continue
-        layout = options.pop("layout")
-        options.setdefault("output_padding", 0)
-        layers.append(ConvLayer(name, kernel, layout, options, shape))
-    return layers
+    return [torch_conv(name, m, shapes.get(name)) for name, m in convs]
+
+
+def torch_conv(name: str, layer: Any, shape: tuple[int, ...] | None) -> ConvLayer:
+    """A PyTorch convolution as a layer, translated as the adapter translates it.
+
+    ``layer`` is a ``torch.nn`` module or one read from a TorchScript archive
+    (:class:`convsv._torchscript.StoredConv`): :func:`convsv._frameworks.torch.conv_options`
+    reads the attributes they share, the rule :func:`convsv.torch.layer_options` follows.
+    """
+    kernel = torch_layers.to_numpy(layer.weight)
+    try:
+        options = torch_layers.conv_options(layer, shape)
+    except ValueError as err:
+        layout = torch_layers.LAYOUTS[kernel.ndim - 2]
+        return ConvLayer(name, kernel, layout, {}, shape, unmodelled=str(err))
+    layout = options.pop("layout")
+    options.setdefault("output_padding", 0)
+    return ConvLayer(name, kernel, layout, options, shape)
 
 
 def _checkpoint_body(obj: Any) -> Any:
@@ -245,6 +255,10 @@ def _is_tensor(x: Any) -> bool:
 
 
 def read_torch(path: Path, input_size: Sequence[int] | None, layout: str | None) -> Model:
+    from . import _torchscript  # which imports this module
+
+    if _torchscript.is_torchscript(path):
+        return _torchscript.read_torchscript(path, input_size)
     torch = _need("torch", "PyTorch checkpoints")
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
@@ -368,127 +382,11 @@ def read_keras(path: Path, input_size: Sequence[int] | None, layout: str | None)
 # --- ONNX ---------------------------------------------------------------------------------------------
 
 
-def _onnx_constants(graph: Any) -> dict[str, Any]:
-    """Initializers and ``Constant`` outputs by name, following ``Identity`` nodes."""
-    from onnx import numpy_helper
-
-    values = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    values[node.output[0]] = numpy_helper.to_array(attr.t)
-        elif node.op_type == "Identity" and node.input[0] in values:
-            values[node.output[0]] = values[node.input[0]]
-    return values
-
-
-def _onnx_shapes(onnx: Any, model: Any, input_size: Sequence[int] | None, path: Path) -> dict[str, Any]:
-    """Every value's shape from ONNX shape inference, the graph input resized to ``input_size``."""
-    initializers = {init.name for init in model.graph.initializer}
-    if input_size is not None:
-        for value in model.graph.input:
-            if value.name in initializers:
-                continue
-            dims = value.type.tensor_type.shape.dim
-            what = f"the model's input {value.name!r} (batch, channels, spatial axes)"
-            for dim, size in zip(dims[2:], expand_size(input_size, len(dims) - 2, what), strict=True):
-                dim.ClearField("dim_param")
-                dim.dim_value = int(size)
-            if not dims[0].dim_value:
-                dims[0].dim_value = 1
-        # The sizes the model was exported with are stale now.
-        del model.graph.value_info[:]
-        for value in model.graph.output:
-            value.type.tensor_type.ClearField("shape")
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception as err:
-        msg = f"{path}: ONNX shape inference failed: {err}"
-        raise ModelError(msg) from None
-    shapes = {}
-    graph = inferred.graph
-    for value in [*graph.input, *graph.value_info, *graph.output]:
-        dims = value.type.tensor_type.shape.dim
-        shapes[value.name] = [d.dim_value if d.HasField("dim_value") else None for d in dims]
-    return shapes
-
-
-def _onnx_pads(
-    attrs: dict[str, Any], spans: Sequence[int], strides: list[int], size: Any, transposed: bool
-) -> Any:
-    ndim = len(spans)
-    auto = attrs.get("auto_pad", b"NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("NOTSET", ""):
-        pads = list(attrs.get("pads", [0] * 2 * ndim))
-        return [(pads[i], pads[i + ndim]) for i in range(ndim)]
-    if auto == "VALID":
-        return [(0, 0)] * ndim
-    if size is None:
-        return None  # SAME needs the map size; the caller reports it
-    if transposed:
-        out = attrs.get("output_shape") or [n * s for n, s in zip(size, strides, strict=True)]
-        extra = attrs.get("output_padding", [0] * ndim)
-        totals = [
-            s * (n - 1) + e + w - o
-            for n, s, e, w, o in zip(size, strides, extra, spans, out[-ndim:], strict=True)
-        ]
-        halves = [(t // 2, t - t // 2) if auto == "SAME_UPPER" else (t - t // 2, t // 2) for t in totals]
-        return halves
-    pairs = [_same_pads(n, w, s) for n, w, s in zip(size, spans, strides, strict=True)]
-    return pairs if auto == "SAME_UPPER" else [(b, a) for a, b in pairs]
-
-
 def read_onnx(path: Path, input_size: Sequence[int] | None, layout: str | None) -> Model:
-    onnx = _need("onnx", "ONNX models")
-    try:
-        model = onnx.load(str(path))
-    except Exception as err:  # protobuf's DecodeError and friends
-        raise _unreadable(path, "ONNX", err) from None
-    if not model.graph.node:
-        raise _unreadable(path, "ONNX", ValueError("the graph has no nodes"))
-    constants = _onnx_constants(model.graph)
-    shapes = _onnx_shapes(onnx, model, input_size, path)
-    layers = []
-    for index, node in enumerate(model.graph.node):
-        if node.op_type not in ("Conv", "ConvTranspose") or node.domain not in ("", "ai.onnx"):
-            continue
-        name = node.name or f"{node.op_type}_{index}"
-        if node.input[1] not in constants:
-            msg = f"{path}: the weights of {node.op_type} node {name!r} are computed, not stored"
-            raise ModelError(msg)
-        kernel = constants[node.input[1]]
-        ndim = kernel.ndim - 2
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        strides = list(attrs.get("strides", [1] * ndim))
-        dilations = list(attrs.get("dilations", [1] * ndim))
-        spans = dilated_spans(kernel.shape[2:], dilations)
-        shape = shapes.get(node.input[0])
-        size = tuple(shape[2:]) if shape and all(isinstance(n, int) and n > 0 for n in shape[2:]) else None
-        transposed = node.op_type == "ConvTranspose"
-        pads = _onnx_pads(attrs, spans, strides, size, transposed)
-        extra: Any = 0
-        if transposed:
-            out = shapes.get(node.output[0])
-            if size is not None and pads is not None and out and all(out[2:]):
-                base = [
-                    (m - 1) * s - a - b + w
-                    for m, s, (a, b), w in zip(size, strides, pads, spans, strict=True)
-                ]
-                extra = tuple(o - b for o, b in zip(out[2:], base, strict=True))
-            else:
-                extra = tuple(attrs.get("output_padding", [0] * ndim))
-        options = {
-            "stride": tuple(strides),
-            "dilation": tuple(dilations),
-            "groups": int(attrs.get("group", 1)),
-            "padding": pads if pads is not None else "same",
-            "transposed": transposed,
-            "output_padding": extra,
-        }
-        layers.append(ConvLayer(name, kernel, layout_for(ndim, False), options, size))
-    return Model(str(path), "ONNX", layers)
+    """ONNX models: :mod:`convsv._onnx` (imported here, as it imports this module)."""
+    from ._onnx import read_onnx as read
+
+    return read(path, input_size, layout)
 
 
 # --- dispatch -----------------------------------------------------------------------------------------
@@ -497,6 +395,7 @@ Reader = Callable[[Path, "Sequence[int] | None", "str | None"], Model]
 READERS: dict[str, Reader] = {
     ".pt": read_torch,
     ".pth": read_torch,
+    ".jit": read_torch,
     ".safetensors": read_safetensors,
     ".keras": read_keras,
     ".onnx": read_onnx,

@@ -115,8 +115,8 @@ def _analyze_parser(commands: Any) -> None:
     analyze.add_argument(
         "model",
         nargs="?",
-        help="a .pt/.pth (state dict or torch.nn module, loaded with weights_only=True), "
-        ".safetensors, .keras, .onnx or .npz file",
+        help="a .pt/.pth (state dict or torch.nn module, loaded with weights_only=True; or a "
+        "TorchScript archive, .jit too, read without running it), .safetensors, .keras, .onnx or .npz file",
     )
     analyze.add_argument(
         "--input-size",

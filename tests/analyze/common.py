@@ -161,7 +161,7 @@ def check_layer(row, exp):
     # What reshape-based spectral norms compute: out channels against everything else.
     out_first = (
         exp.kernel.reshape(exp.kernel.shape[0], -1)
-        if exp.layout == "OIHW"
+        if exp.layout.startswith("O")  # OIW, OIHW, OIDHW
         else exp.kernel.reshape(-1, exp.kernel.shape[-1]).T
     )
     assert row["reshaped_kernel_norm"] == pytest.approx(

@@ -5,7 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .common import Expected, analyze_json, check_rows, need, onnx_layers, onnx_reference
+from .common import (
+    Expected,
+    analyze,
+    analyze_error,
+    analyze_json,
+    check_rows,
+    need,
+    onnx_layers,
+    onnx_reference,
+)
 
 # The command line computes with NumPy unless told otherwise.
 pytestmark = pytest.mark.backend("numpy")
@@ -92,3 +101,95 @@ def test_onnx_auto_pad_same(capsys, tmp_path):
                  pads=[[1, 0], [1, 0]]),
     ]  # fmt: skip
     check_rows(rows, expected)
+
+
+def small_model(onnx, nodes, inputs, output, weights, rank=4):
+    """A one-output ONNX model (opset 17) of ``nodes``, its ``weights`` initializers, checked."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        nodes,
+        "small",
+        inputs,
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, [None] * rank)],
+        [numpy_helper.from_array(value, name) for name, value in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def test_onnx_input_size_resizes_the_first_input_only(capsys, tmp_path):
+    """A second input, here a scalar gain, keeps its shape (--input-size used to fail on it)."""
+    onnx = need("onnx")
+    from onnx import TensorProto, helper
+
+    weights = {"w": np.random.default_rng(6).standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    inputs = [
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+        helper.make_tensor_value_info("gain", TensorProto.FLOAT, []),
+    ]
+    model = small_model(onnx, [conv, helper.make_node("Mul", ["y", "gain"], ["z"])], inputs, "z", weights)
+    path = tmp_path / "gain.onnx"
+    onnx.save(model, str(path))
+    rows = analyze_json(capsys, path, "--input-size", "8", "6")
+    apply = onnx_reference(onnx, conv, weights["w"])
+    expected = Expected("conv", weights["w"], "OIHW", (8, 6), (8, 6), apply, 3, pads=[[1, 1], [1, 1]])
+    check_rows(rows, [expected])
+
+
+def test_onnx_input_of_samples(capsys, tmp_path):
+    """An input of (batch, samples), made (batch, 1, samples) inside: --input-size is the number of
+    samples, and shape inference carries it on (a strided conv, then one on a quarter of the map)."""
+    onnx = need("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    weights = {"a": rng.standard_normal((2, 1, 8)), "b": rng.standard_normal((3, 2, 3))}
+    weights = {name: w.astype(np.float32) for name, w in weights.items()}
+    axes = numpy_helper.from_array(np.array([1], dtype=np.int64))
+    nodes = [
+        helper.make_node("Constant", [], ["axes"], value=axes),
+        helper.make_node("Unsqueeze", ["x", "axes"], ["x1"]),
+        helper.make_node("Conv", ["x1", "a"], ["y"], name="frames", strides=[4], pads=[2, 2]),
+        helper.make_node("Conv", ["y", "b"], ["z"], name="conv", pads=[1, 1]),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "L"])]
+    path = tmp_path / "audio.onnx"
+    onnx.save(small_model(onnx, nodes, inputs, "z", weights, rank=3), str(path))
+    analyze_error(capsys, path, message="feature-map size of layer 'frames' is not fixed")
+    rows = analyze_json(capsys, path, "--input-size", "64")
+    one = {"dilation": (1,)}
+    expected = [
+        Expected("frames", weights["a"], "OIW", (64,), (16,), onnx_reference(onnx, nodes[2], weights["a"]), 1,
+                 stride=(4,), pads=[[2, 2]], **one),
+        Expected("conv", weights["b"], "OIW", (16,), (16,), onnx_reference(onnx, nodes[3], weights["b"]), 2,
+                 stride=(1,), pads=[[1, 1]], **one),
+    ]  # fmt: skip
+    check_rows(rows, expected)
+    table, _ = analyze(capsys, path, "--input-size", "64", "--no-progress")
+    assert "note: the model's input 'x' has 2 axes, taken as (batch, samples)" in table
+
+
+def test_onnx_first_input_without_spatial_axes(capsys, tmp_path):
+    """A scalar first input is not resized: --input-size is the map of the conv on the second."""
+    onnx = need("onnx")
+    from onnx import TensorProto, helper
+
+    weights = {"w": np.random.default_rng(8).standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])
+    inputs = [
+        helper.make_tensor_value_info("gain", TensorProto.FLOAT, []),
+        helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, "H", "W"]),
+    ]
+    model = small_model(onnx, [conv, helper.make_node("Mul", ["y", "gain"], ["z"])], inputs, "z", weights)
+    path = tmp_path / "gain_first.onnx"
+    onnx.save(model, str(path))
+    rows = analyze_json(capsys, path, "--input-size", "8")
+    apply = onnx_reference(onnx, conv, weights["w"])
+    check_rows(
+        rows, [Expected("conv", weights["w"], "OIHW", (8, 8), (8, 8), apply, 3, pads=[[1, 1], [1, 1]])]
+    )
+    table, _ = analyze(capsys, path, "--input-size", "8", "--no-progress")
+    assert "note: --input-size does not resize the model's input 'gain' (0 axes" in table

@@ -14,6 +14,11 @@ LAYOUTS = {1: "OIW", 2: "OIHW", 3: "OIDHW"}
 def conv_options(layer: Any, input_shape: Sequence[int] | None = None) -> dict[str, Any]:
     """``layout``, ``stride``, ``dilation``, ``groups``, ``transposed``, ``padding`` (and ``output_padding``).
 
+    ``layer`` is a ``torch.nn`` convolution, or anything with the attributes
+    read here (the command line's reader of TorchScript archives passes a
+    :class:`convsv._torchscript.StoredConv`, the options as the archive
+    stores them): one rule for every PyTorch convolution.
+
     Zero padding is passed as PyTorch gives it (``"same"`` and ``"valid"``
     mean what they mean in PyTorch, whose stride is then 1). Circular padding
     is ``"circular"`` when it makes a circulant layer
