@@ -1,4 +1,4 @@
-"""Helpers the tests share: the ``Backend`` description, optional imports, JAX case thinning.
+"""Helpers the tests share: the ``Backend`` description and its checks, optional imports, JAX case thinning.
 
 Imported as ``from helpers import ...`` (``conftest.py`` holds only fixtures and hooks: a test
 module importing ``conftest`` gets whichever ``conftest`` is first on ``sys.path``).
@@ -17,6 +17,12 @@ import pytest
 
 CPU_BACKENDS = ["numpy", "array_api_strict", "torch", "jax", "jax-x64"]
 GPU_BACKENDS = ["cupy", "torch-cuda", "jax-gpu"]
+
+# Backend.assert_close's default rtol, by the result's dtype: the round-off the suite allows a
+# direct computation (FFT, small SVDs) against a float64 truth, relative to the largest value.
+# float32: 3e-5, about 250 eps; float64: 1e-10, well above its round-off but far below any
+# iterative method's tol. Tests that need another (an iteration's tol, a longer sum) pass it.
+DEFAULT_RTOL = {"float32": 3e-5, "complex64": 3e-5, "float64": 1e-10, "complex128": 1e-10}
 
 
 def selected(name: str) -> bool:
@@ -64,6 +70,61 @@ class Backend:
         assert array_api_compat.device(result) == self.device, (array_api_compat.device(result), self.device)
         assert result.dtype == getattr(self.xp, dtype), (result.dtype, dtype)
         return self.to_numpy(result)
+
+    def assert_close(
+        self,
+        result: Any,
+        expected: Any,
+        *,
+        dtype: str | None = None,
+        rtol: float | None = None,
+        atol: float | None = None,
+        err_msg: str = "",
+    ) -> np.ndarray:
+        """Assert ``result`` is this backend's array of ``dtype``, close to ``expected``; return it as NumPy.
+
+        ``result`` goes through :meth:`check` (namespace, device, dtype, which
+        defaults to :attr:`default_float`); ``expected`` is the ground truth in
+        NumPy (an array of the same shape, or a scalar, which matches any shape)
+        or a Python number or list.
+
+        The bound on ``|result - expected|``, entry by entry:
+
+        - ``rtol`` alone: ``rtol * max|expected|``, a normwise relative error:
+          small entries and zeros compare at the scale of the whole (a
+          spectrum's small values, a matrix's zeros), a single value to
+          ``rtol`` of itself;
+        - neither: the same with :data:`DEFAULT_RTOL` for the result's dtype,
+          the round-off the suite allows a direct computation;
+        - ``atol`` alone: ``atol``, absolute (an all-zero truth needs one);
+        - both: ``atol + rtol * |expected|``, NumPy's rule (``atol=0``: each
+          entry to ``rtol`` of itself).
+        """
+        dtype = self.default_float if dtype is None else dtype
+        got = self.check(result, dtype)
+        if rtol is None and atol is None:
+            if dtype not in DEFAULT_RTOL:
+                msg = f"no default tolerance for {dtype}: pass rtol or atol"
+                raise ValueError(msg)
+            rtol = DEFAULT_RTOL[dtype]
+        if isinstance(expected, (list, tuple)):
+            expected = np.asarray(expected)
+        assert isinstance(expected, (np.ndarray, np.generic, int, float, complex)), (
+            f"the truth is NumPy or a Python number, not {type(expected).__name__}"
+        )
+        if isinstance(expected, np.ndarray):
+            assert got.shape == expected.shape, (got.shape, expected.shape)
+        header = f"{self.name}, {dtype}" + (f": {err_msg}" if err_msg else "")
+        if atol is None:
+            assert rtol is not None
+            magnitude = np.abs(np.asarray(expected))
+            largest = float(np.max(magnitude, where=np.isfinite(magnitude), initial=0.0))
+            np.testing.assert_allclose(
+                got, expected, rtol=0, atol=rtol * largest, err_msg=f"{header} (rtol={rtol:g} of the largest)"
+            )
+        else:
+            np.testing.assert_allclose(got, expected, rtol=rtol or 0, atol=atol, err_msg=header)
+        return got
 
 
 def require(module: str) -> Any:

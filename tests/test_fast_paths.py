@@ -129,16 +129,13 @@ def test_chunked_projection_equals_the_whole(backend, rng, shape, n, options, me
     dtype = backend.default_float
     k = backend.asarray(kernel, dtype)
     args = {"method": method, "iterations": 3, **options}
+    rtol, atol = (1e-9, 1e-9) if dtype == "float64" else (1e-4, 1e-5)
     whole = backend.to_numpy(convsv.clip_operator_norm(k, n, 1.0, **args))
-    rows = backend.check(convsv.clip_operator_norm(k, n, 1.0, chunk_size=1, **args), dtype)
-    np.testing.assert_allclose(
-        rows, whole, rtol=1e-9 if dtype == "float64" else 1e-4, atol=1e-9 if dtype == "float64" else 1e-5
-    )
+    rows = convsv.clip_operator_norm(k, n, 1.0, chunk_size=1, **args)
+    backend.assert_close(rows, whole, rtol=rtol, atol=atol)
     full = backend.to_numpy(convsv.clip_singular_values(k, n, 1.0, **options))
-    full_rows = backend.check(convsv.clip_singular_values(k, n, 1.0, max_memory=1, **options), dtype)
-    np.testing.assert_allclose(
-        full_rows, full, rtol=1e-9 if dtype == "float64" else 1e-4, atol=1e-9 if dtype == "float64" else 1e-5
-    )
+    full_rows = convsv.clip_singular_values(k, n, 1.0, max_memory=1, **options)
+    backend.assert_close(full_rows, full, rtol=rtol, atol=atol)
 
 
 def test_threads_over_the_batch_change_nothing(monkeypatch, rng):

@@ -120,19 +120,15 @@ def _tol(dtype: str) -> float:
 def test_conv_matrix_matches_the_written_out_convolution(backend, rng, layer):
     kernel = layer.kernel(rng)
     dtype = backend.default_float
-    m = backend.check(
-        convsv.conv_matrix(
-            backend.asarray(kernel, dtype), layer.input_shape, layout=LAYOUT[layer.d], **layer.options
-        ),
-        dtype,
-    )
     expected = layer.dense(kernel)
-    assert (
-        m.shape
-        == expected.shape
-        == (layer.c_out * math.prod(layer.output_shape), layer.c_in * math.prod(layer.input_shape))
+    assert expected.shape == (
+        layer.c_out * math.prod(layer.output_shape),
+        layer.c_in * math.prod(layer.input_shape),
     )
-    np.testing.assert_allclose(m, expected, atol=1e-5 if dtype == "float32" else 1e-12)
+    m = convsv.conv_matrix(
+        backend.asarray(kernel, dtype), layer.input_shape, layout=LAYOUT[layer.d], **layer.options
+    )
+    backend.assert_close(m, expected, atol=1e-5 if dtype == "float32" else 1e-12)
 
 
 def _torch_weight(kernel: np.ndarray) -> np.ndarray:
@@ -256,17 +252,10 @@ def test_singular_values_match_dense_svd(backend, rng, layer, transposed):
     expected = np.linalg.svd(layer.dense(kernel), compute_uv=False)
     assert expected.shape == (s.size,)
     np.testing.assert_allclose(np.sort(s.ravel())[::-1], expected, atol=_tol(dtype) * expected[0])
-    norm = backend.check(
-        convsv.operator_norm(
-            backend.asarray(kernel, dtype),
-            shape,
-            layout=LAYOUT[layer.d],
-            transposed=transposed,
-            **layer.options,
-        ),
-        dtype,
+    norm = convsv.operator_norm(
+        backend.asarray(kernel, dtype), shape, layout=LAYOUT[layer.d], transposed=transposed, **layer.options
     )
-    np.testing.assert_allclose(norm, expected[0], rtol=_tol(dtype))
+    backend.assert_close(norm, expected[0], rtol=_tol(dtype))
 
 
 def test_complex_strided_grouped_layer(backend, rng):
@@ -299,9 +288,7 @@ def test_group_norm_is_the_largest_group_norm(backend, rng, layer):
     norm = convsv.operator_norm(
         backend.asarray(kernel, dtype), layer.input_shape, layout=LAYOUT[layer.d], **layer.options
     )
-    np.testing.assert_allclose(
-        backend.check(norm, dtype), max(norms), rtol=1e-4 if dtype == "float32" else 1e-6
-    )
+    backend.assert_close(norm, max(norms), rtol=1e-4 if dtype == "float32" else 1e-6)
 
 
 @pytest.mark.parametrize("layer", ZERO, ids=_id)
@@ -311,12 +298,10 @@ def test_zero_padding_spectrum_norm_and_bounds(backend, rng, layer):
     k = backend.asarray(kernel, dtype)
     options = {"layout": LAYOUT[layer.d], **layer.options}
     expected = np.linalg.svd(layer.dense(kernel), compute_uv=False)
-    s = backend.check(convsv.singular_values(k, layer.input_shape, **options), dtype)
-    assert s.shape == expected.shape
-    np.testing.assert_allclose(s, expected, atol=_tol(dtype) * expected[0])
+    backend.assert_close(convsv.singular_values(k, layer.input_shape, **options), expected, rtol=_tol(dtype))
     tol = 1e-9 if dtype == "float64" else 1e-5
-    norm = backend.check(convsv.operator_norm(k, layer.input_shape, tol=tol, **options), dtype)
-    np.testing.assert_allclose(norm, expected[0], rtol=1e-6 if dtype == "float64" else 1e-4)
+    norm = convsv.operator_norm(k, layer.input_shape, tol=tol, **options)
+    backend.assert_close(norm, expected[0], rtol=1e-6 if dtype == "float64" else 1e-4)
     lower, upper = (
         backend.check(b, dtype) for b in convsv.operator_norm_bounds(k, layer.input_shape, **options)
     )
@@ -517,9 +502,7 @@ def test_zero_padded_norm_with_clustered_top_singular_values(backend):
     assert expected[0] - expected[1] < 1e-4  # the layer is the hard case it claims to be
     dtype = backend.default_float
     norm = convsv.operator_norm(backend.asarray(kernel, dtype), (8, 8), padding="same")  # default tol
-    np.testing.assert_allclose(
-        backend.check(norm, dtype), expected[0], rtol=1e-6 if dtype == "float64" else 2e-5
-    )
+    backend.assert_close(norm, expected[0], rtol=1e-6 if dtype == "float64" else 2e-5)
 
 
 def test_zero_padded_norm_of_a_rank_deficient_layer(backend):
@@ -533,4 +516,4 @@ def test_zero_padded_norm_of_a_rank_deficient_layer(backend):
     for dtype in {"float32", backend.default_float}:
         k = backend.asarray(kernel, dtype)
         norm = convsv.operator_norm(k, (8, 8), stride=2, padding="same")
-        np.testing.assert_allclose(backend.check(norm, dtype), expected[0], rtol=1e-5)
+        backend.assert_close(norm, expected[0], dtype=dtype, rtol=1e-5)
