@@ -49,13 +49,29 @@ def _clip_config(options: ClipOptions) -> dict[str, Any]:
     return {name: getattr(options, name) for name in CLIP_OPTIONS}
 
 
+class _Projecting:
+    """What the constraint and the callback hold alike: one checked :class:`~convsv._options.ClipOptions`."""
+
+    _options: ClipOptions
+
+    @property
+    def max_norm(self) -> float:
+        """The bound on the operator norm."""
+        return self._options.max_norm
+
+    @property
+    def clip_options(self) -> dict[str, Any]:
+        """The projection options: ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``."""
+        return _clip_config(self._options)
+
+
 def _described(name: str, doc: str) -> Any:
     """A read-only attribute of the constraint's layer description (a frozen :class:`KerasConv`)."""
     return property(lambda self: getattr(self._conv, name), doc=doc)
 
 
 @keras.saving.register_keras_serializable(package="convsv")
-class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc]
+class OperatorNormConstraint(_Projecting, keras.constraints.Constraint):  # type: ignore[misc]
     """Keep a convolution's operator norm at most ``max_norm`` after every update.
 
     A ``keras.constraints.Constraint``: the optimizer calls it on the kernel
@@ -110,6 +126,14 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
         map, whose norm bounds the layer's from above (cheaper, conservative).
         As in :func:`convsv.clip_operator_norm`.
 
+    Attributes
+    ----------
+    max_norm, input_shape, strides, padding, dilation_rate, groups, output_padding, kind, clip_options
+        The arguments as checked (read-only): sequences as tuples, an int
+        for the same size on every axis, ``padding`` in lower case;
+        ``clip_options`` the projection's (``method``, ``iterations``,
+        ``tol``, ``min_norm``, ``bound``) as a dict.
+
     Raises
     ------
     ValueError
@@ -121,15 +145,6 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
     RuntimeError
         On the TensorFlow backend inside an XLA-compiled function: compile
         with ``jit_compile=False`` (see Notes).
-
-    Attributes
-    ----------
-    max_norm, input_shape, strides, padding, dilation_rate, groups, output_padding, kind
-        The arguments as checked (read-only): sequences as tuples, an int
-        for the same size on every axis, ``padding`` in lower case.
-    clip_options : dict
-        The projection options: ``method``, ``iterations``, ``tol``,
-        ``min_norm`` and ``bound``.
 
     See Also
     --------
@@ -202,16 +217,6 @@ class OperatorNormConstraint(keras.constraints.Constraint):  # type: ignore[misc
         given = {"method": method, "iterations": iterations, "tol": tol, "min_norm": min_norm, "bound": bound}
         self._options = ClipOptions.for_adapter(max_norm, given)
         self._options.check_padding(self._conv.padding == "circular")
-
-    @property
-    def max_norm(self) -> float:
-        """The bound on the layer's operator norm."""
-        return self._options.max_norm
-
-    @property
-    def clip_options(self) -> dict[str, Any]:
-        """The projection options: ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``."""
-        return _clip_config(self._options)
 
     # -- the layer, as convsv sees it --------------------------------------------------------------
 
@@ -581,7 +586,7 @@ def clip_operator_norm_(
     return _project_all(kernels)
 
 
-class OperatorNormClipping(keras.callbacks.Callback):  # type: ignore[misc]
+class OperatorNormClipping(_Projecting, keras.callbacks.Callback):  # type: ignore[misc]
     """Project the model's convolutions every ``every`` training steps (the paper's schedule).
 
     At the end of every ``every``-th optimizer step, each convolution's
@@ -670,16 +675,6 @@ class OperatorNormClipping(keras.callbacks.Callback):  # type: ignore[misc]
         self.steps = 0
         self.last_report: list[LayerReport] = []
         self._last_batch = -1
-
-    @property
-    def max_norm(self) -> float:
-        """The bound on every layer's operator norm."""
-        return self._options.max_norm
-
-    @property
-    def clip_options(self) -> dict[str, Any]:
-        """The projection options: ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``."""
-        return _clip_config(self._options)
 
     def _kernels(self) -> Kernels:
         return _conv_kernels(self.model, self._options, self.input_shapes, self.layers)

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import array_api_compat
 
@@ -439,6 +439,18 @@ def full_precision(func: F) -> F:
 Convolution = tuple[Callable[[Array], Array], Callable[[Array], Array]]
 
 
+class _Geometry(NamedTuple):
+    """A zero-padded convolution's sizes, as :func:`framework_convolution` hands them on."""
+
+    stride: tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    pads: tuple[tuple[int, int], ...]
+    input_shape: tuple[int, ...]
+    outputs: list[int]
+    spans: list[int]
+
+
 def framework_convolution(
     weight: Array,
     stride: tuple[int, ...],
@@ -464,25 +476,17 @@ def framework_convolution(
         (n + a + b - w) // s + 1 for n, (a, b), w, s in zip(input_shape, pads, spans, stride, strict=True)
     ]
     pair = None
-    geometry = (stride, dilation, groups, pads, input_shape, outputs, spans)
+    geometry = _Geometry(stride, dilation, groups, pads, input_shape, outputs, spans)
     if array_api_compat.is_torch_array(weight):
-        pair = _torch_convolution(weight, *geometry)
+        pair = _torch_convolution(weight, geometry)
     elif array_api_compat.is_jax_array(weight):
-        pair = _jax_convolution(weight, *geometry)
+        pair = _jax_convolution(weight, geometry)
     return None if pair is None else _first_outputs(pair, outputs, output_shape)
 
 
-def _torch_convolution(
-    weight: Array,
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-    groups: int,
-    pads: tuple[tuple[int, int], ...],
-    input_shape: tuple[int, ...],
-    outputs: list[int],
-    spans: list[int],
-) -> Convolution:
+def _torch_convolution(weight: Array, geometry: _Geometry) -> Convolution:
     """PyTorch's ``conv{1,2,3}d`` and ``conv_transpose{1,2,3}d`` (see :func:`framework_convolution`)."""
+    stride, dilation, groups, pads, input_shape, outputs, spans = geometry
     crop = (slice(None), slice(None), *(slice(a, a + n) for (a, _), n in zip(pads, input_shape, strict=True)))
     import torch.nn.functional as tf
 
@@ -518,17 +522,9 @@ def _torch_convolution(
     return torch_forward, torch_adjoint
 
 
-def _jax_convolution(
-    weight: Array,
-    stride: tuple[int, ...],
-    dilation: tuple[int, ...],
-    groups: int,
-    pads: tuple[tuple[int, int], ...],
-    input_shape: tuple[int, ...],
-    outputs: list[int],
-    spans: list[int],
-) -> Convolution:
+def _jax_convolution(weight: Array, geometry: _Geometry) -> Convolution:
     """JAX's ``lax.conv_general_dilated``, the adjoint spelled out (see :func:`framework_convolution`)."""
+    stride, dilation, groups, pads, input_shape, outputs, spans = geometry
     import jax
     from jax import lax
 
