@@ -102,8 +102,9 @@ def lanczos_norm(
     orthogonalised against all stored ones (one-sided full
     reorthogonalisation, with a second pass where the first cancelled; a
     memory-bound sweep over the ``k`` stored vectors at step ``k``, it added
-    5-27% to PyTorch CPU norms of 3x3 layers of 16-512 channels), looking at
-    the top Ritz value every ``CHECK_EVERY`` steps. When the bidiagonal's residual estimate says every
+    5-32% to PyTorch CPU norms of 3x3 layers of 16-512 channels, by
+    ``benchmarks/compare_versions.py``), looking at the top Ritz value every
+    ``CHECK_EVERY`` steps. When the bidiagonal's residual estimate says every
     group has settled, or ``capacity`` vectors are stored, the Ritz vector
     ``v`` is formed and checked on the layer itself: with ``u = A v / ||A v||``
     the value ``||A v||`` lies within ``||A^T u - ||A v|| v|| / sqrt(2)`` of a
