@@ -34,14 +34,14 @@ CLIP_OPTIONS = ("method", "iterations", "tol", "min_norm", "bound")
 BOUNDS = ("tight", "circular")
 
 
-def _settle(options: Any, **values: Any) -> None:
-    """Store checked values on a frozen dataclass (what ``__post_init__`` may do)."""
+def settle(options: Any, **values: Any) -> None:
+    """Store checked values on a frozen dataclass (what its ``__post_init__`` may do)."""
     for name, value in values.items():
         object.__setattr__(options, name, value)
 
 
 def _memory(options: Any) -> None:
-    _settle(
+    settle(
         options,
         chunk_size=optional_integer(options.chunk_size, "chunk_size"),
         max_memory=optional_integer(options.max_memory, "max_memory"),
@@ -64,7 +64,7 @@ class NormOptions:
     max_memory: int | None = DEFAULT_MAX_MEMORY
 
     def __post_init__(self) -> None:
-        _settle(
+        settle(
             self,
             method=choice(self.method, "method", NORM_METHODS),
             tol=optional_real(self.tol, "tol", "a number in [0, 1)", at_least=0.0, below=1.0),
@@ -98,7 +98,7 @@ class ClipOptions:
         if lower is not None and lower > upper:
             msg = f"`min_norm` ({lower}) must not exceed `max_norm` ({upper})"
             raise ValueError(msg)
-        _settle(
+        settle(
             self,
             max_norm=upper,
             min_norm=lower,

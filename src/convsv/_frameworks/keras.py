@@ -25,6 +25,7 @@ import numpy as np
 
 from .._layout import ConvSpec, conv_spec, dilated_spans
 from .._lib import to_host
+from .._options import settle
 
 Pads = tuple[tuple[int, int], ...]
 
@@ -276,12 +277,6 @@ def _sizes(value: object, name: str, minimum: int = 1) -> int | tuple[int, ...]:
     return operator.index(value)  # type: ignore[arg-type]
 
 
-def _settle(conv: KerasConv, **values: Any) -> None:
-    """Store checked values on the frozen description (what ``__post_init__`` may do)."""
-    for name, value in values.items():
-        object.__setattr__(conv, name, value)
-
-
 def _checked_sizes(conv: KerasConv) -> dict[str, Any]:
     """The size fields, checked in argument order; sequences as tuples."""
     checked: dict[str, Any] = {
@@ -318,7 +313,7 @@ class KerasConv:
     kind: str = "conv"
 
     def __post_init__(self) -> None:
-        _settle(self, **_checked_sizes(self))
+        settle(self, **_checked_sizes(self))
         if self.kind not in KINDS:
             msg = f"`kind` must be one of {KINDS}, got {self.kind!r}"
             raise ValueError(msg)
@@ -326,7 +321,7 @@ class KerasConv:
         if padding not in PADDINGS:
             msg = f"`padding` must be one of {PADDINGS}, got {self.padding!r}"
             raise ValueError(msg)
-        _settle(self, padding=padding)
+        settle(self, padding=padding)
         self._check_combinations()
 
     def _check_combinations(self) -> None:
