@@ -4,8 +4,7 @@ The public API is re-exported here; every other module is private.
 """
 
 from ._clipping import ClipInfo
-from ._norms import operator_norm, operator_norm_bounds, singular_values
-from ._operator import conv_matrix
+from ._norms import conv_matrix, operator_norm, operator_norm_bounds, singular_values
 from ._projection import clip_operator_norm, clip_singular_values
 
 __version__ = "0.1.0"

@@ -21,18 +21,22 @@ import math
 from typing import Any, NamedTuple
 
 from ._lanczos import padded_values
-from ._layout import ConvSpec
+from ._layout import ConvSpec, user_kernel, working_kernel
 from ._lib import (
     Array,
     Namespace,
     batch_map,
+    compiled_for_jax,
     complex_dtype,
     device_of,
+    full_precision,
     interleave_zeros,
     repeat,
+    unit_scale,
     while_loop,
     zero_d,
 )
+from ._options import ClipOptions, NormOptions
 from ._spectrum import (
     blocks_by_rows,
     conjugate_phases,
@@ -50,6 +54,7 @@ from ._spectrum import (
     self_conjugate_rows,
     small_gram,
 )
+from ._values import circular_norm, lanczos_options
 
 #: How far below ``max_norm`` a tight projection may land (relative), and its most clip levels.
 LEVEL_SLACK = 8e-4
@@ -391,3 +396,81 @@ def tight_projection(
         converged=zero_d(landed(norm), xp),
         initial_norm=zero_d(initial, xp),
     )
+
+
+# --- the spec level: a kernel in its layer's layout, a validated spec and options ----------------------
+# The public functions of convsv._projection parse their arguments into these; the adapters, which build
+# a spec once per layer, call them directly. Compiled once per spec and options on JAX.
+
+
+@full_precision
+@compiled_for_jax
+def clip(
+    kernel: Array, spec: ConvSpec, xp: Namespace, options: ClipOptions, return_info: bool = False
+) -> tuple[Array, ClipInfo | None]:
+    """:func:`clip_operator_norm` of ``kernel`` (in ``spec``'s layout); ``(kernel, info or None)``."""
+    options.check_layer(spec)
+    user_dtype = kernel.dtype
+    k = working_kernel(kernel, spec, xp)
+    chunks = (options.chunk_size, options.max_memory)
+    # Projections are homogeneous: project k / scale onto the bounds / scale, then scale back.
+    k, scale = unit_scale(k, xp)
+    upper = options.max_norm / scale
+    lower = None if options.min_norm is None else options.min_norm / scale
+    method, iterations, tol = options.method, options.iterations, options.tol
+    if not spec.circular and options.bound == "tight":
+        iteration = lanczos_options(k, spec, xp, NormOptions(max_memory=options.max_memory))
+
+        def project(x: Array, level: Array) -> tuple[Array, Array, Array, Array]:
+            return projection_steps(x, spec, xp, level, None, method, iterations, tol, chunks)
+
+        x, info = tight_projection(k, spec, xp, upper, project, iteration)
+        out = user_kernel(x * xp.astype(scale, x.dtype), spec, xp, user_dtype)
+        norm, initial = zero_d(info.norm * scale, xp), zero_d(info.initial_norm * scale, xp)
+        return out, info._replace(norm=norm, initial_norm=initial) if return_info else None
+    x, steps, done, initial = projection_steps(k, spec, xp, upper, lower, method, iterations, tol, chunks)
+    out = user_kernel(x * xp.astype(scale, x.dtype), spec, xp, user_dtype)
+    if not return_info:
+        return out, None
+    if lower is None:
+        eigh = NormOptions("eigh", chunk_size=options.chunk_size, max_memory=options.max_memory)
+        norm = circular_norm(x, spec, xp, eigh)
+        meets = norm <= upper * (1 + (tol or 0.0))
+    else:
+        norm, bottom = spectrum_extremes(x, spec, xp, chunks)
+        meets = (norm <= upper * (1 + (tol or 0.0))) & (bottom >= lower * (1 - (tol or 0.0)))
+    if tol is not None and method != "dykstra":
+        # The loop tests each iterate before stepping from it: not the last one.
+        done = done | meets
+    return out, ClipInfo(
+        norm=zero_d(norm * scale, xp),
+        iterations=zero_d(steps, xp),
+        converged=zero_d(done, xp),
+        initial_norm=zero_d(initial * scale, xp),
+    )
+
+
+@full_precision
+@compiled_for_jax
+def clip_full(kernel: Array, spec: ConvSpec, xp: Namespace, options: ClipOptions) -> Array:
+    """:func:`clip_singular_values` of ``kernel`` (in ``spec``'s layout): bounds and memory options only."""
+    if not spec.circular:
+        msg = (
+            "clip_singular_values needs padding='circular': the projection of a zero-padded layer "
+            "is not a convolution; use clip_operator_norm, which works on the padded map"
+        )
+        raise ValueError(msg)
+    user_dtype = kernel.dtype
+    k = working_kernel(kernel, spec, xp)
+    real = not xp.isdtype(k.dtype, "complex floating")
+    full_size = spec.with_grid(spec.grid)
+    k, scale = unit_scale(k, xp)  # as in clip: clip k / scale, scale back
+    upper = options.max_norm / scale
+    lower = None if options.min_norm is None else options.min_norm / scale
+    total = None
+    for rows, blocks in blocks_by_rows(k, spec, xp, options.chunk_size, options.max_memory):
+        clipped, _ = clip_matrices(blocks, upper, lower, xp, rows=rows if real else None, spec=spec)
+        share = kernel_from_rows(clipped, rows, spec, full_size, real, xp)
+        total = share if total is None else total + share
+    total = finish_kernel(total, spec, full_size, real, xp)
+    return user_kernel(total * xp.astype(scale, total.dtype), full_size, xp, user_dtype)

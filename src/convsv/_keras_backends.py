@@ -2,7 +2,7 @@
 
 Each function takes a kernel as Keras gives it, a checked layer description
 (:class:`~convsv._frameworks.keras.KerasConv`) and checked options, and calls
-the spec-level :func:`convsv._projection.clip` or :func:`convsv._values.norm`
+the spec-level :func:`convsv._clipping.clip` or :func:`convsv._values.norm`
 on the spec the description builds once per kernel shape:
 
 - JAX: one compiled projection per description, options and
@@ -25,10 +25,9 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from ._clipping import ClipInfo
+from ._clipping import ClipInfo, clip
 from ._frameworks.keras import KerasConv, to_numpy
 from ._options import ClipOptions, NormOptions
-from ._projection import clip
 from ._values import norm
 
 #: What the XLA route of the TensorFlow backend cannot do, and what to do instead.

@@ -1,18 +1,30 @@
-"""The public spectrum functions: singular values, operator norm, certified bounds."""
+"""The public spectrum functions: singular values, operator norm, certified bounds, the dense matrix.
+
+Each parses its arguments into a :class:`~convsv._layout.ConvSpec` and
+options and calls the spec level (:mod:`convsv._values`,
+:func:`convsv._operator.dense_matrix`), which the adapters and the CLI call
+directly.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
+from ._checks import optional_integer
 from ._docs import fill_layer_doc
 from ._layout import parse
 from ._lib import (
     Array,
     Namespace,
 )
+from ._operator import dense_matrix
 from ._options import DEFAULT_MAX_MEMORY, NormOptions
 from ._values import check_count, norm, norm_bounds, spectrum
+
+#: Default cap on the number of entries of :func:`conv_matrix` (2 GiB in float64).
+MAX_DENSE_ENTRIES = 2**28
 
 
 @fill_layer_doc
@@ -402,3 +414,103 @@ def operator_norm_bounds(
         kernel, input_shape, layout, xp, stride, dilation, groups, transposed, padding, output_padding
     )
     return norm_bounds(array, spec, xp, NormOptions(method, tol, iterations, chunk_size, max_memory))
+
+
+@fill_layer_doc
+def conv_matrix(
+    kernel: Array,
+    input_shape: int | Sequence[int],
+    *,
+    layout: str = "HWIO",
+    stride: int | Sequence[int] = 1,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+    transposed: bool = False,
+    padding: str | int | Sequence[Any] = "circular",
+    output_padding: int | Sequence[int] = 0,
+    max_entries: int | None = MAX_DENSE_ENTRIES,
+    xp: Namespace | None = None,
+) -> Array:
+    """The dense matrix of a convolutional layer.
+
+    Row ``o * N_out + r`` and column ``i * N_in + q`` (positions flattened in
+    C order) hold the weight with which input channel ``i`` at position ``q``
+    enters output channel ``o`` at position ``r``. With the defaults the layer
+    is ``y[o, r] = sum_i sum_p K[p, i, o] * x[i, (r + p) mod n]``; with
+    options it is the layer PyTorch's ``conv{1,2,3}d`` (or
+    ``conv_transpose{1,2,3}d`` with ``transposed=True``) computes with the same
+    stride, dilation, groups and zero padding. So
+    ``conv_matrix(K, n, ...) @ reshape(x, (-1,))`` equals that convolution of
+    ``x`` (shape ``(c_in, *input_shape)``), flattened.
+
+    It is the reference against which the fast routes are checked; its SVD
+    costs ``O((c N)^3)``, so use it only on small layers.
+
+    Parameters
+    ----------
+    kernel : array
+        The convolution kernel; see :func:`singular_values`.
+    input_shape : int or sequence of int
+        Spatial shape of the layer's input; see :func:`singular_values`.
+    layout : {"HWIO", "OIHW", "WIO", "OIW", "DHWIO", "OIDHW"}, optional
+        Order of the kernel's axes. Default ``"HWIO"``.
+    {layer_parameters}
+    max_entries : int or None, optional
+        Refuse to build a matrix with more entries than this (default
+        ``2**28``, 2 GiB in float64) rather than exhaust memory; ``None``
+        lifts the limit.
+    xp : array namespace, optional
+        Namespace to use; inferred from ``kernel`` when omitted.
+
+    Returns
+    -------
+    array, shape ``(c_out * N_out, c_in * N_in)``
+        ``N_in`` and ``N_out`` are the numbers of input and output positions.
+        In the namespace and on the device of ``kernel``, in its working dtype
+        (the kernel's dtype, except integers, which become the default float,
+        and float16/bfloat16, which become float32). A transposed layer's
+        matrix is the transpose (not the conjugate transpose) of the forward
+        convolution's, as in the frameworks.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`singular_values`; ``ValueError`` also when the matrix would
+        have more than ``max_entries`` entries, or ``max_entries`` is negative.
+
+    See Also
+    --------
+    singular_values : The same layer's spectrum without the dense matrix.
+
+    Examples
+    --------
+    A 1-D two-tap difference filter on a map of 4: each row reads its own
+    position and the next one, wrapping around at the end.
+
+    >>> import array_api_strict as xp
+    >>> import convsv
+    >>> kernel = xp.reshape(xp.asarray([-1.0, 1.0]), (2, 1, 1))  # (width, in, out)
+    >>> convsv.conv_matrix(kernel, 4, layout="WIO")
+    Array([[-1.,  1.,  0.,  0.],
+           [ 0., -1.,  1.,  0.],
+           [ 0.,  0., -1.,  1.],
+           [ 1.,  0.,  0., -1.]], dtype=array_api_strict.float64)
+
+    With zero padding ("valid": none) and stride 2 the output is shorter:
+
+    >>> convsv.conv_matrix(kernel, 5, layout="WIO", padding="valid", stride=2)
+    Array([[-1.,  1.,  0.,  0.,  0.],
+           [ 0.,  0., -1.,  1.,  0.]], dtype=array_api_strict.float64)
+    """
+    array, spec, xp = parse(
+        kernel, input_shape, layout, xp, stride, dilation, groups, transposed, padding, output_padding
+    )
+    max_entries = optional_integer(max_entries, "max_entries", minimum=0)
+    entries = spec.out_channels * math.prod(spec.conv_output) * spec.in_channels * math.prod(spec.conv_input)
+    if max_entries is not None and entries > max_entries:
+        msg = (
+            f"the dense matrix would have {entries} entries, more than `max_entries`={max_entries}; "
+            "use singular_values/operator_norm for large layers, or raise max_entries"
+        )
+        raise ValueError(msg)
+    return dense_matrix(array, spec, xp)

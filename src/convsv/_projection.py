@@ -1,7 +1,9 @@
-"""Projection of a layer onto an operator-norm ball: the public functions and their spec level.
+"""Projection of a layer onto an operator-norm ball: the public functions.
 
-The maths (the two sets, their projections and the iterations between
-them) is in :mod:`convsv._clipping`.
+Each parses its arguments into a :class:`~convsv._layout.ConvSpec` and a
+:class:`~convsv._options.ClipOptions` and calls the spec level in
+:mod:`convsv._clipping` (the maths: the two sets, their projections and the
+iterations between them), which the adapters call directly.
 """
 
 from __future__ import annotations
@@ -9,101 +11,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ._clipping import ClipInfo, clip_matrices, projection_steps, spectrum_extremes, tight_projection
+from ._clipping import ClipInfo, clip, clip_full
 from ._docs import fill_layer_doc
-from ._layout import ConvSpec, parse, user_kernel, working_kernel
-from ._lib import (
-    Array,
-    Namespace,
-    compiled_for_jax,
-    full_precision,
-    unit_scale,
-    zero_d,
-)
-from ._options import DEFAULT_MAX_MEMORY, ClipOptions, NormOptions
-from ._spectrum import (
-    blocks_by_rows,
-    finish_kernel,
-    kernel_from_rows,
-)
-from ._values import circular_norm, lanczos_options
-
-# --- the spec level: a kernel in its layer's layout, a validated spec and options ----------------------
-# The public functions below parse their arguments into these; the adapters, which build a spec once
-# per layer, call them directly. Compiled once per spec and options on JAX.
-
-
-@full_precision
-@compiled_for_jax
-def clip(
-    kernel: Array, spec: ConvSpec, xp: Namespace, options: ClipOptions, return_info: bool = False
-) -> tuple[Array, ClipInfo | None]:
-    """:func:`clip_operator_norm` of ``kernel`` (in ``spec``'s layout); ``(kernel, info or None)``."""
-    options.check_layer(spec)
-    user_dtype = kernel.dtype
-    k = working_kernel(kernel, spec, xp)
-    chunks = (options.chunk_size, options.max_memory)
-    # Projections are homogeneous: project k / scale onto the bounds / scale, then scale back.
-    k, scale = unit_scale(k, xp)
-    upper = options.max_norm / scale
-    lower = None if options.min_norm is None else options.min_norm / scale
-    method, iterations, tol = options.method, options.iterations, options.tol
-    if not spec.circular and options.bound == "tight":
-        iteration = lanczos_options(k, spec, xp, NormOptions(max_memory=options.max_memory))
-
-        def project(x: Array, level: Array) -> tuple[Array, Array, Array, Array]:
-            return projection_steps(x, spec, xp, level, None, method, iterations, tol, chunks)
-
-        x, info = tight_projection(k, spec, xp, upper, project, iteration)
-        out = user_kernel(x * xp.astype(scale, x.dtype), spec, xp, user_dtype)
-        norm, initial = zero_d(info.norm * scale, xp), zero_d(info.initial_norm * scale, xp)
-        return out, info._replace(norm=norm, initial_norm=initial) if return_info else None
-    x, steps, done, initial = projection_steps(k, spec, xp, upper, lower, method, iterations, tol, chunks)
-    out = user_kernel(x * xp.astype(scale, x.dtype), spec, xp, user_dtype)
-    if not return_info:
-        return out, None
-    if lower is None:
-        eigh = NormOptions("eigh", chunk_size=options.chunk_size, max_memory=options.max_memory)
-        norm = circular_norm(x, spec, xp, eigh)
-        meets = norm <= upper * (1 + (tol or 0.0))
-    else:
-        norm, bottom = spectrum_extremes(x, spec, xp, chunks)
-        meets = (norm <= upper * (1 + (tol or 0.0))) & (bottom >= lower * (1 - (tol or 0.0)))
-    if tol is not None and method != "dykstra":
-        # The loop tests each iterate before stepping from it: not the last one.
-        done = done | meets
-    return out, ClipInfo(
-        norm=zero_d(norm * scale, xp),
-        iterations=zero_d(steps, xp),
-        converged=zero_d(done, xp),
-        initial_norm=zero_d(initial * scale, xp),
-    )
-
-
-@full_precision
-@compiled_for_jax
-def clip_full(kernel: Array, spec: ConvSpec, xp: Namespace, options: ClipOptions) -> Array:
-    """:func:`clip_singular_values` of ``kernel`` (in ``spec``'s layout): bounds and memory options only."""
-    if not spec.circular:
-        msg = (
-            "clip_singular_values needs padding='circular': the projection of a zero-padded layer "
-            "is not a convolution; use clip_operator_norm, which works on the padded map"
-        )
-        raise ValueError(msg)
-    user_dtype = kernel.dtype
-    k = working_kernel(kernel, spec, xp)
-    real = not xp.isdtype(k.dtype, "complex floating")
-    full_size = spec.with_grid(spec.grid)
-    k, scale = unit_scale(k, xp)  # as in clip: clip k / scale, scale back
-    upper = options.max_norm / scale
-    lower = None if options.min_norm is None else options.min_norm / scale
-    total = None
-    for rows, blocks in blocks_by_rows(k, spec, xp, options.chunk_size, options.max_memory):
-        clipped, _ = clip_matrices(blocks, upper, lower, xp, rows=rows if real else None, spec=spec)
-        share = kernel_from_rows(clipped, rows, spec, full_size, real, xp)
-        total = share if total is None else total + share
-    total = finish_kernel(total, spec, full_size, real, xp)
-    return user_kernel(total * xp.astype(scale, total.dtype), full_size, xp, user_dtype)
+from ._layout import parse
+from ._lib import Array, Namespace
+from ._options import DEFAULT_MAX_MEMORY, ClipOptions
 
 
 @fill_layer_doc

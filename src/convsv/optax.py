@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ._clipping import clip
 from ._frameworks import equinox as _equinox
 from ._frameworks import flax as _flax
 from ._frameworks.jax import (
@@ -44,7 +45,6 @@ from ._frameworks.jax import (
 from ._layout import ConvSpec, conv_spec
 from ._lib import namespace_of
 from ._options import CLIP_OPTIONS, ClipOptions
-from ._projection import clip
 
 __all__ = [
     "Conv",

@@ -23,10 +23,10 @@ import array_api_compat
 import torch
 from torch import nn
 
+from ._clipping import clip
 from ._frameworks.torch import conv_options, forward_input_shapes, record_input_shapes
 from ._layout import ConvSpec, conv_spec
 from ._options import CLIP_OPTIONS, ClipOptions
-from ._projection import clip
 
 __all__ = [
     "LayerReport",
