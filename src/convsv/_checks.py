@@ -65,19 +65,11 @@ def integer(
     return number
 
 
-def optional_integer(
-    value: object,
-    name: str,
-    minimum: int | None = 1,
-    maximum: int | None = None,
-    *,
-    expected: str | None = None,
-) -> int | None:
-    """``None``, or :func:`integer`; the message says that ``None`` is allowed."""
+def optional_integer(value: object, name: str, minimum: int = 1) -> int | None:
+    """``None``, or :func:`integer` ``>= minimum``; the message says that ``None`` is allowed."""
     if value is None:
         return None
-    text = f"None or {expected or _int_text(minimum, maximum)}"
-    return integer(value, name, minimum, maximum, expected=text)
+    return integer(value, name, minimum, expected=f"None or {_int_text(minimum, None)}")
 
 
 def real(

@@ -1,7 +1,8 @@
-"""Docstring pieces shared by the public functions (one text for each layer option)."""
+"""Docstring pieces shared by the public functions (one text for each option they share)."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -61,9 +62,27 @@ MEMORY_PARAMETERS = """\
 """
 
 
-def fill_layer_doc(func: F) -> F:
-    """Fill a docstring's ``{layer_parameters}`` and ``{memory_parameters}`` with the shared texts."""
-    if func.__doc__:  # None under python -OO
-        doc = func.__doc__.replace("    {layer_parameters}\n", LAYER_PARAMETERS)
-        func.__doc__ = doc.replace("    {memory_parameters}\n", MEMORY_PARAMETERS)
-    return func
+def shared_text(**texts: str) -> Callable[[F], F]:
+    """Fill each line ``{name}`` of a docstring (indented four spaces) with ``texts[name]``, so indented."""
+
+    def fill(documented: F) -> F:
+        doc = documented.__doc__
+        if doc:  # None under python -OO
+            for name, text in texts.items():
+                block = textwrap.indent(textwrap.dedent(text).strip("\n"), "    ") + "\n"
+                doc = doc.replace(f"    {{{name}}}\n", block)
+            documented.__doc__ = doc
+        return documented
+
+    return fill
+
+
+#: For the public functions: ``{layer_parameters}`` and ``{memory_parameters}``.
+fill_layer_doc = shared_text(layer_parameters=LAYER_PARAMETERS, memory_parameters=MEMORY_PARAMETERS)
+
+#: The training adapters' ``**clip_options`` (torch, keras).
+CLIP_OPTIONS_PARAMETER = """\
+**clip_options
+    ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``: as in
+    :func:`convsv.clip_operator_norm`.
+"""

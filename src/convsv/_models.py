@@ -346,7 +346,7 @@ def _keras_conv(name: str, layer: Any) -> list[ConvLayer]:
             found.append(ConvLayer(label, kernel, layout_for(kernel.ndim - 2, True), options, size_out))
             continue
         fields = keras_layers.layer_fields(layer, kind, None)
-        shape, options = keras_layers.conv_options(kernel.shape, **fields)
+        shape, options = keras_layers.conv_options(kernel.shape, fields)
         layout = options.pop("layout")
         found.append(ConvLayer(label, kernel.reshape(shape), layout, options, size_in))
     return found

@@ -505,7 +505,7 @@ def conv_matrix(
     array, spec, xp = parse(
         kernel, input_shape, layout, xp, stride, dilation, groups, transposed, padding, output_padding
     )
-    max_entries = optional_integer(max_entries, "max_entries", minimum=0)
+    max_entries = optional_integer(max_entries, "max_entries", 0)
     entries = spec.out_channels * math.prod(spec.conv_output) * spec.in_channels * math.prod(spec.conv_input)
     if max_entries is not None and entries > max_entries:
         msg = (

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ._layout import ConvSpec, working_kernel
@@ -247,6 +247,7 @@ class PaddedLayer:
     def __init__(self, kernel: Array, spec: ConvSpec, xp: Namespace, max_memory: int | None = None) -> None:
         assert spec.pads is not None
         self.spec, self.xp, self.dtype, self.device = spec, xp, kernel.dtype, device_of(kernel)
+        self.pads = spec.pads  # (before, after) per axis: a zero-padded spec always has them
         d, groups = spec.ndim, spec.groups
         self.input_shape = (groups, spec.group_in, *spec.conv_input)
         self.output_shape = (groups, spec.group_out, *spec.conv_output)
@@ -309,16 +310,20 @@ class PaddedLayer:
             return xp.fft.irfftn(product, s=spec.grid, axes=axes)
         return xp.fft.ifftn(product, axes=axes)
 
+    def _native(self, convolution: Callable[[Array], Array], x: Array, output_shape: Sequence[int]) -> Array:
+        """A framework's convolution on grouped maps: ``(B, G, c, *n)`` as ``(B, G * c, *n)``, and back."""
+        batch = x.shape[0]
+        flat = self.xp.reshape(x, (batch, -1, *x.shape[3:]))
+        return self.xp.reshape(convolution(flat), (batch, *output_shape))
+
     def apply(self, x: Array) -> Array:
         """``(B, G, in / G, *conv_input)`` -> ``(B, G, out / G, *conv_output)``."""
-        xp, spec = self.xp, self.spec
-        assert spec.pads is not None
-        batch = x.shape[0]
+        xp, spec, pads = self.xp, self.spec, self.pads
         if self.route == "framework":
-            flat = xp.reshape(x, (batch, spec.in_channels, *spec.conv_input))
-            return xp.reshape(self._forward(flat), (batch, *self.output_shape))
-        for axis, ((before, _), n, g) in enumerate(zip(spec.pads, spec.conv_input, spec.grid, strict=True)):
-            after = (g - n - before) if self.route == "fft" else spec.pads[axis][1]
+            return self._native(self._forward, x, self.output_shape)
+        for axis, ((before, after), n, g) in enumerate(zip(pads, spec.conv_input, spec.grid, strict=True)):
+            if self.route == "fft":
+                after = g - n - before
             x = pad_axis(x, axis + 3, before, after, xp)
         if self.route == "direct":
             return _correlate(
@@ -331,13 +336,10 @@ class PaddedLayer:
     def adjoint(self, y: Array) -> Array:
         """``(B, G, out / G, *conv_output)`` -> ``(B, G, in / G, *conv_input)``."""
         xp, spec = self.xp, self.spec
-        assert spec.pads is not None
-        batch = y.shape[0]
         if self.route == "framework":
-            flat = xp.reshape(y, (batch, spec.out_channels, *spec.conv_output))
-            return xp.reshape(self._adjoint(flat), (batch, *self.input_shape))
+            return self._native(self._adjoint, y, self.input_shape)
         if self.route == "direct":
-            before = tuple(a for a, _ in spec.pads)
+            before = tuple(a for a, _ in self.pads)
             sizes = (spec.kernel_size, spec.dilation, spec.stride, before, spec.conv_input)
             return _spread(y, self.adjoint_taps, *sizes, xp)
         # Each output back at the position it read first (r * stride), zeros between.
@@ -346,5 +348,5 @@ class PaddedLayer:
         for axis, (g, m, s) in enumerate(zip(spec.grid, spec.conv_output, spec.stride, strict=True)):
             y = pad_axis(y, axis + 3, 0, g - m * s, xp)
         x = self._fft_product(y, self.adjoint_matrices)
-        keep = (..., *(slice(b, b + n) for (b, _), n in zip(spec.pads, spec.conv_input, strict=True)))
+        keep = (..., *(slice(b, b + n) for (b, _), n in zip(self.pads, spec.conv_input, strict=True)))
         return x[keep]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._checks import optional_integer
+from ._checks import integer
 from ._lanczos import BLOCK_CAPACITY, LANCZOS_CAPACITY, basis_rows, padded_values
 from ._layout import ConvSpec, working_kernel
 from ._lib import (
@@ -120,8 +120,10 @@ def _itemsize(kernel: Array, xp: Namespace) -> int:
 def check_count(k: object, spec: ConvSpec) -> int | None:
     """``k`` of :func:`singular_values`: ``None`` or how many of the layer's values to return."""
     total = _count_of_values(spec)
-    expected = f"an int from 1 to the number of singular values ({total})"
-    return optional_integer(k, "k", 1, total, expected=expected)
+    if k is None:
+        return None
+    expected = f"None or an int from 1 to the number of singular values ({total})"
+    return integer(k, "k", 1, total, expected=expected)
 
 
 # --- the spec level: a kernel in its layer's layout; compiled once per spec and options on JAX ---------

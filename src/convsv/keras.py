@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import keras
 
 from ._clipping import ClipInfo
+from ._docs import CLIP_OPTIONS_PARAMETER, shared_text
 from ._frameworks.keras import KerasConv, convolutions, input_spatial, kernels_of, layer_fields, to_numpy
 from ._keras_backends import constrain, layer_norm, project
 from ._options import CLIP_OPTIONS, ClipOptions, positive_bound
@@ -41,6 +42,16 @@ __all__ = [
 
 #: The projection options the constraint and the callback take (``ClipOptions.for_adapter``'s), in order.
 Shapes = Mapping[str, Any]
+_MODEL_PARAMETERS = (
+    """\
+input_shapes : mapping, optional
+    Layer name to that layer's input spatial shape, for layers whose
+    input size the model does not fix.
+layers : sequence of str or keras.layers.Layer, optional
+    Only these layers (names or layers); default every supported convolution.
+"""
+    + CLIP_OPTIONS_PARAMETER
+)
 Kernels = list[tuple[str, str, Any, "OperatorNormConstraint"]]
 
 
@@ -205,15 +216,8 @@ class OperatorNormConstraint(_Projecting, keras.constraints.Constraint):  # type
         bound: str = "tight",
     ) -> None:
         max_norm = positive_bound(max_norm)  # first: its error before any other
-        self._conv = KerasConv(
-            input_shape,
-            strides=strides,
-            padding=padding,
-            dilation_rate=dilation_rate,
-            groups=groups,
-            output_padding=output_padding,
-            kind=kind,
-        )
+        # KerasConv's fields are these arguments, in this order.
+        self._conv = KerasConv(input_shape, strides, padding, dilation_rate, groups, output_padding, kind)
         given = {"method": method, "iterations": iterations, "tol": tol, "min_norm": min_norm, "bound": bound}
         self._options = ClipOptions.for_adapter(max_norm, given)
         self._options.check_padding(self._conv.padding == "circular")
@@ -408,6 +412,7 @@ class LayerReport(NamedTuple):
     iterations: int
 
 
+@shared_text(model_parameters=_MODEL_PARAMETERS)
 def conv_kernels(
     model: Any,
     max_norm: float,
@@ -426,14 +431,7 @@ def conv_kernels(
     max_norm : float
         The bound on each layer's operator norm (``SeparableConv`` layers:
         ``sqrt(max_norm)`` on each of their two kernels).
-    input_shapes : mapping, optional
-        Layer name to that layer's input spatial shape; read from the built
-        layers otherwise.
-    layers : sequence of str or keras.layers.Layer, optional
-        Only these layers (names or layers); default every supported
-        convolution.
-    **clip_options
-        ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``.
+    {model_parameters}
 
     Returns
     -------
@@ -515,6 +513,7 @@ def _project_all(kernels: Sequence[tuple[str, str, Any, OperatorNormConstraint]]
     ]
 
 
+@shared_text(model_parameters=_MODEL_PARAMETERS)
 def clip_operator_norm_(
     model: Any,
     max_norm: float,
@@ -537,14 +536,7 @@ def clip_operator_norm_(
         A built model.
     max_norm : float
         The bound on every layer's operator norm (positive).
-    input_shapes : mapping, optional
-        Layer name to that layer's input spatial shape, for layers whose
-        input size the model does not fix.
-    layers : sequence of str or keras.layers.Layer, optional
-        Only these layers; default every supported convolution.
-    **clip_options
-        ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``: as in
-        :func:`convsv.clip_operator_norm`.
+    {model_parameters}
 
     Returns
     -------
@@ -560,8 +552,9 @@ def clip_operator_norm_(
 
     Notes
     -----
-    Zero padding (``"valid"``, ``"same"``, ``"causal"``): the circular layer
-    on the padded map is projected; its norm bounds the zero-padded layer's.
+    Zero padding (``"valid"``, ``"same"``, ``"causal"``): the layer's own
+    norm lands on ``max_norm`` (with ``bound="circular"``, the circular layer
+    on the padded map is projected instead; its norm bounds the layer's).
     A ``SeparableConv`` layer's depthwise and pointwise kernels are each
     projected to ``sqrt(max_norm)``, which bounds the layer's norm by
     ``max_norm``. On TensorFlow the kernels go through NumPy on the host; on
@@ -586,6 +579,7 @@ def clip_operator_norm_(
     return _project_all(kernels)
 
 
+@shared_text(model_parameters=_MODEL_PARAMETERS)
 class OperatorNormClipping(_Projecting, keras.callbacks.Callback):  # type: ignore[misc]
     """Project the model's convolutions every ``every`` training steps (the paper's schedule).
 
@@ -599,14 +593,7 @@ class OperatorNormClipping(_Projecting, keras.callbacks.Callback):  # type: igno
         The bound on every layer's operator norm (positive).
     every : int, optional
         Project after every ``every``-th step (default 100).
-    input_shapes : mapping, optional
-        Layer name to that layer's input spatial shape, for layers whose
-        input size the model does not fix.
-    layers : sequence of str or keras.layers.Layer, optional
-        Only these layers; default every supported convolution.
-    **clip_options
-        ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``: as in
-        :func:`convsv.clip_operator_norm`.
+    {model_parameters}
 
     Attributes
     ----------

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ._checks import shape as shape_of
 from ._clipping import clip
 from ._frameworks import equinox as _equinox
 from ._frameworks import flax as _flax
@@ -40,7 +41,6 @@ from ._frameworks.jax import (
     kernel_entries,
     replicated,
     sharded_like,
-    spatial_shape,
 )
 from ._layout import ConvSpec, conv_spec
 from ._lib import namespace_of
@@ -531,7 +531,7 @@ def layer_options(layer: Any, input_shape: int | Sequence[int], *, name: str | N
             f"{type(layer).__name__}; describe other layers with convsv.optax.Conv"
         )
         raise TypeError(msg)
-    shape = spatial_shape(input_shape, translator.spatial_rank(layer), where)
+    shape = shape_of(input_shape, f"input_shape of {where}", translator.spatial_rank(layer))
     with _naming(where):
         conv = Conv(shape, **translator.conv_options(layer, shape))
         kernel_shape = translator.kernel_shape(layer)

@@ -23,7 +23,9 @@ import array_api_compat
 import torch
 from torch import nn
 
+from ._checks import shape as shape_of
 from ._clipping import clip
+from ._docs import CLIP_OPTIONS_PARAMETER, shared_text
 from ._frameworks.torch import conv_options, forward_input_shapes, record_input_shapes
 from ._layout import ConvSpec, conv_spec
 from ._options import CLIP_OPTIONS, ClipOptions
@@ -66,6 +68,15 @@ class LayerReport(NamedTuple):
     norm_before: torch.Tensor
     norm_after: torch.Tensor
     iterations: torch.Tensor
+
+
+#: The model and the bound, as the model-level functions take them.
+_MODEL_PARAMETERS = """\
+module : torch.nn.Module
+    The model (or a ``DistributedDataParallel`` wrapping it).
+max_norm : float
+    The bound on every layer's operator norm.
+"""
 
 
 def _ndim(layer: Conv) -> int:
@@ -206,16 +217,6 @@ def input_shapes(module: object, example_input: Any) -> dict[str, tuple[int, ...
     return forward_input_shapes(module, list(conv_layers(module)), example_input)
 
 
-def _spatial(shape: Any, ndim: int, name: str) -> tuple[int, ...]:
-    if isinstance(shape, int):
-        return (shape,) * ndim
-    sizes = tuple(int(n) for n in shape)
-    if len(sizes) != ndim:
-        msg = f"input shape {sizes} for layer {name!r} needs {ndim} spatial sizes"
-        raise ValueError(msg)
-    return sizes
-
-
 def _strip(name: str) -> str:
     return name.removeprefix("module.")
 
@@ -229,7 +230,7 @@ def _resolve_shapes(
 ) -> dict[str, tuple[int, ...]]:
     """Each layer's input shape: given, else recorded during training, else from ``example_input``."""
     shapes = {
-        name: _spatial(shape, _ndim(layer), name)
+        name: shape_of(shape, f"input_shapes[{key!r}]", _ndim(layer))
         for name, layer in layers
         for key, shape in (input_shapes or {}).items()
         if _strip(key) == name
@@ -273,6 +274,7 @@ def _project_all(
     return [LayerReport(name, info.initial_norm, info.norm, info.iterations) for name, _, _, info in results]
 
 
+@shared_text(model_parameters=_MODEL_PARAMETERS, clip_options=CLIP_OPTIONS_PARAMETER)
 def clip_operator_norm_(
     module: nn.Module,
     max_norm: float,
@@ -292,10 +294,7 @@ def clip_operator_norm_(
 
     Parameters
     ----------
-    module : torch.nn.Module
-        The model (or a ``DistributedDataParallel`` wrapping it).
-    max_norm : float
-        The bound on every layer's operator norm.
+    {model_parameters}
     input_shapes : mapping, optional
         Layer name (as in ``module.named_modules()``) to the spatial shape of
         that layer's input (an int for every axis, or a tuple).
@@ -303,9 +302,7 @@ def clip_operator_norm_(
         An input for one forward pass (in eval mode, under
         ``torch.no_grad``) that records the shapes ``input_shapes`` does not
         give.
-    **clip_options
-        ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``: as in
-        :func:`convsv.clip_operator_norm`.
+    {clip_options}
 
     Returns
     -------
@@ -352,15 +349,13 @@ def clip_operator_norm_(
     return _project_all(layers, shapes, options)
 
 
+@shared_text(model_parameters=_MODEL_PARAMETERS, clip_options=CLIP_OPTIONS_PARAMETER)
 class OperatorNormClipper:
     """Project a model's convolutions every ``every`` optimizer steps (the paper's schedule).
 
     Parameters
     ----------
-    module : torch.nn.Module
-        The model (or a ``DistributedDataParallel`` wrapping it).
-    max_norm : float
-        The bound on every layer's operator norm.
+    {model_parameters}
     every : int, optional
         Project after every ``every``-th optimizer step (default 100).
     input_shapes : mapping, optional
@@ -370,9 +365,7 @@ class OperatorNormClipper:
     example_input : tensor or tuple of tensors, optional
         An input for one forward pass (in eval mode, under
         ``torch.no_grad``) that records the shapes up front.
-    **clip_options
-        ``method``, ``iterations``, ``tol``, ``min_norm``, ``bound``: as in
-        :func:`convsv.clip_operator_norm`.
+    {clip_options}
 
     Attributes
     ----------
@@ -562,7 +555,7 @@ def parametrize_operator_norm(
     >>> bool(convsv.operator_norm(conv.weight, 8, layout="OIHW") <= 1 + 1e-5)
     True
     """
-    input_shape = _spatial(input_shape, _ndim(_as_conv(layer)), "layer")
+    input_shape = shape_of(input_shape, "input_shape", _ndim(_as_conv(layer)))
     options = layer_options(layer, input_shape)
     parametrization = OperatorNormParametrization(max_norm, input_shape, **options, **clip_options)
     with torch.no_grad():  # fail now, not at the first forward pass

@@ -371,7 +371,7 @@ def test_equinox_conv_options_match_the_layer(case):
             ValueError,
             "mask",
         ),
-        (lambda: nnx.Conv(2, 2, (3, 3), rngs=_rngs(0)), (6, 8, 2), ValueError, "spatial sizes"),
+        (lambda: nnx.Conv(2, 2, (3, 3), rngs=_rngs(0)), (6, 8, 2), ValueError, "spatial axes"),
         (
             lambda: eqx.nn.Conv2d(2, 2, 3, padding_mode="REFLECT", key=_key(0)),
             SHAPE,

@@ -230,7 +230,7 @@ def test_errors_come_before_any_weight_changes():
     _unchanged_after(ValueError, r"no input shape for layer\(s\) \['4'\]", {"0": 8, "2": 8})
     _unchanged_after(ValueError, "max_norm", SHAPES, max_norm=-1.0)
     _unchanged_after(ValueError, "`max_norm` must be a finite positive number", SHAPES, max_norm=0.0)
-    _unchanged_after(ValueError, "needs 2 spatial sizes", {**SHAPES, "2": (8,)})
+    _unchanged_after(ValueError, "has 1 entries but the kernel has 2 spatial axes", {**SHAPES, "2": (8,)})
     reflect = nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect")
     _unchanged_after(ValueError, "padding_mode='reflect'", {**SHAPES, "5": 8}, extra=(5, reflect))
     # A circular layer whose stride does not divide its map, first in the model.
@@ -299,7 +299,7 @@ def test_parametrization_bounds_the_weight_and_is_differentiable():
 def test_parametrization_refuses_bad_configuration_at_registration():
     with pytest.raises(ValueError, match="max_norm"):
         parametrize_operator_norm(nn.Conv2d(1, 1, 3, padding=1), 0.0 - 1, 8)
-    with pytest.raises(ValueError, match="needs 2 spatial sizes"):
+    with pytest.raises(ValueError, match="has 1 entries but the kernel has 2 spatial axes"):
         parametrize_operator_norm(nn.Conv2d(1, 1, 3, padding=1), 1.0, (8, 8, 8))
 
 

@@ -170,17 +170,6 @@ def at_kernels(params: Any, found: dict[Path, Any]) -> Any:
     return _jax().tree_util.tree_map_with_path(lambda path, _: found.get(plain(path)), params)
 
 
-def spatial_shape(input_shape: Any, ndim: int, where: str) -> tuple[int, ...]:
-    """A layer's ``input_shape`` as ``ndim`` sizes (a bare int: the same on every axis)."""
-    if isinstance(input_shape, int):
-        return (input_shape,) * ndim
-    sizes = tuple(int(n) for n in input_shape)
-    if len(sizes) != ndim:
-        msg = f"input shape {sizes} for {where} needs {ndim} spatial sizes"
-        raise ValueError(msg)
-    return sizes
-
-
 def padtype_pads(
     shape: Sequence[int], spans: Sequence[int], strides: Sequence[int], mode: str
 ) -> list[tuple[int, int]]:

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -200,18 +200,12 @@ def _per_axis(value: int | Sequence[int], rank: int, name: str) -> tuple[int, ..
 
 
 def conv_options(
-    kernel_shape: Sequence[int],
-    *,
-    input_shape: int | Sequence[int] | None = None,
-    strides: int | Sequence[int] = 1,
-    padding: str = "valid",
-    dilation_rate: int | Sequence[int] = 1,
-    groups: int = 1,
-    output_padding: int | Sequence[int] | None = None,
-    kind: str = "conv",
+    kernel_shape: Sequence[int], layer: Mapping[str, Any]
 ) -> tuple[tuple[int, ...], dict[str, Any]]:
     """A Keras kernel shape and layer options in convsv's terms: ``(shape, options)``.
 
+    ``layer`` holds :class:`KerasConv`'s fields (as :func:`layer_fields` or
+    :meth:`KerasConv.config` give them; a missing one takes Keras' default).
     ``shape`` is the shape to give the kernel first: a depthwise kernel
     ``(*k, in, m)`` is the grouped kernel ``(*k, 1, in * m)`` with ``in``
     groups. ``options`` are :func:`~convsv._layout.conv_spec`'s keyword
@@ -221,17 +215,20 @@ def conv_options(
     transposed layer pads as :func:`transposed_padding` says. Only the ranks
     are checked here; the core checks the rest.
     """
+    given = {**KERAS_DEFAULTS, **layer}
+    padding, groups = given["padding"], given["groups"]
     shape = tuple(int(n) for n in kernel_shape)
     rank = len(shape) - 2
     if rank not in LAYOUTS:
         msg = f"expected a 1-D, 2-D or 3-D convolution kernel (*k, in, out), got shape {shape}"
         raise ValueError(msg)
-    stride = _per_axis(strides, rank, "strides")
-    dilation = _per_axis(dilation_rate, rank, "dilation_rate")
+    stride = _per_axis(given["strides"], rank, "strides")
+    dilation = _per_axis(given["dilation_rate"], rank, "dilation_rate")
     options: dict[str, Any] = {}
-    if input_shape is not None:
-        options["input_shape"] = _per_axis(input_shape, rank, "input_shape")
+    if given["input_shape"] is not None:
+        options["input_shape"] = _per_axis(given["input_shape"], rank, "input_shape")
     spans = dilated_spans(shape[:rank], dilation)
+    kind = given["kind"]
     if kind == "depthwise":
         groups = shape[rank]
         shape = (*shape[:rank], 1, shape[rank] * shape[rank + 1])
@@ -250,7 +247,8 @@ def conv_options(
             raise ValueError(msg)
         options["padding"] = ((spans[0] - 1, 0),)
     elif kind == "transpose" and padding != "circular":
-        extra = None if output_padding is None else _per_axis(output_padding, rank, "output_padding")
+        extra = given["output_padding"]
+        extra = None if extra is None else _per_axis(extra, rank, "output_padding")
         options["padding"], options["output_padding"] = transposed_padding(spans, stride, padding, extra)
     return shape, options
 
@@ -361,14 +359,18 @@ class KerasConv:
     def convsv_options(self, kernel_shape: Sequence[int]) -> tuple[tuple[int, ...], dict[str, Any]]:
         """:func:`conv_options` of a kernel of this layer, checked by the core (``input_shape`` included)."""
         self.spec(kernel_shape)  # the core's own checks (built once per kernel shape)
-        return conv_options(kernel_shape, **self.config())
+        return conv_options(kernel_shape, self.config())
 
     def spec(self, kernel_shape: Sequence[int]) -> tuple[tuple[int, ...], ConvSpec]:
         """``(shape to give the kernel, its layer's ConvSpec)``, built once per kernel shape."""
         return _spec(self, tuple(int(n) for n in kernel_shape))
 
 
+#: Keras' defaults for the options a layer description leaves out (the input size has none).
+KERAS_DEFAULTS = {f.name: None if f.default is MISSING else f.default for f in fields(KerasConv)}
+
+
 @functools.lru_cache(maxsize=256)
 def _spec(conv: KerasConv, kernel_shape: tuple[int, ...]) -> tuple[tuple[int, ...], ConvSpec]:
-    shape, options = conv_options(kernel_shape, **conv.config())
+    shape, options = conv_options(kernel_shape, conv.config())
     return shape, conv_spec(shape, options.pop("input_shape"), **options)
