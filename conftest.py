@@ -24,9 +24,13 @@ _AVAILABLE = {
     "optax": not any(_missing(module) for module in ("optax", "flax", "equinox")),
 }
 _REQUIRED = os.environ.get("CONVSV_REQUIRE_ADAPTERS") == "1"
+# The private modules that hold part of a public adapter, with doctests that need its framework.
+_ADAPTER_PARTS = {"keras": ["_keras_constraint"], "optax": ["_jax_layers"]}
+ADAPTER_FILES = {
+    name: [f"tests/adapters/test_{name}.py"]
+    + [f"src/convsv/{module}.py" for module in (name, *_ADAPTER_PARTS.get(name, []))]
+    for name in _AVAILABLE
+}
 collect_ignore = [
-    path
-    for name, ok in _AVAILABLE.items()
-    if not ok and not _REQUIRED
-    for path in (f"src/convsv/{name}.py", f"tests/adapters/test_{name}.py")
+    path for name, ok in _AVAILABLE.items() if not ok and not _REQUIRED for path in ADAPTER_FILES[name]
 ]

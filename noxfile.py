@@ -76,14 +76,23 @@ ADAPTERS = {
 }
 
 
+# The private modules that hold part of a public adapter, with doctests that need its framework.
+ADAPTER_PARTS = {"keras": ["_keras_constraint"], "optax": ["_jax_layers"]}
+
+
+def _adapter_files(module: str) -> list[str]:
+    """An adapter's tests and the sources whose doctests need its framework (as conftest.py says)."""
+    sources = [f"src/convsv/{name}.py" for name in (module, *ADAPTER_PARTS.get(module, []))]
+    return [f"tests/adapters/test_{module}.py", *sources]
+
+
 def _adapter_runs(session: nox.Session, runs: list[tuple[dict[str, str], str]]) -> None:
     for env, module in runs:
         session.run(
             "pytest",
             "-n",
             "2",
-            f"tests/adapters/test_{module}.py",
-            f"src/convsv/{module}.py",
+            *_adapter_files(module),
             *session.posargs,
             env={**TEST_ENV, **env, "CONVSV_REQUIRE_ADAPTERS": "1"},
         )
@@ -126,9 +135,7 @@ def tests(session: nox.Session) -> None:
         "KERAS_BACKEND": "jax",  # the Keras models the command line's tests write
     }
     modules = sorted({module for _, module in OWN_PROCESS})
-    ignored = [
-        f"--ignore={path}" for m in modules for path in (f"tests/adapters/test_{m}.py", f"src/convsv/{m}.py")
-    ]
+    ignored = [f"--ignore={path}" for m in modules for path in _adapter_files(m)]
     paths = ["tests", "src/convsv", "benchmarks/test_quick_run.py"]  # SCRIPTS are under tests/ but one
     session.run("pytest", "-n", "2", *ignored, *paths, *session.posargs, env=env)
     _adapter_runs(session, OWN_PROCESS)

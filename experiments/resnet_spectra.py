@@ -12,8 +12,8 @@ Each layer's spectrum is that of the convolution with circular padding on the fe
 sees at ``--input-size`` (the paper's setting), from :func:`convsv.singular_values` with the
 layer's options as :func:`convsv.torch.layer_options` reads them. ``--bounds`` adds certified
 bounds on each layer's norm as it really computes, padding with zeros (much slower).
-``convsv analyze`` computes the same spectra for a saved model; this script shares its
-(private) helpers for the backend, the per-layer statistics and the plot.
+``convsv analyze`` computes the same spectra for a saved model; this script uses its pieces
+(:mod:`convsv.analysis`) for the backend, the per-layer statistics, the plot and the checkpoint.
 
 Run::
 
@@ -38,15 +38,7 @@ import torch
 from imagenet_resnet import ARCHITECTURES, ResNet, resnet
 
 import convsv
-from convsv._analysis import summarize
-from convsv._devices import BACKENDS, converter
-from convsv._lib import to_host
-
-# convsv._models, _analysis, _devices and _output are private helpers of `convsv analyze`, used here
-# (this script lives in convsv's repository) for the same checkpoint unwrapping, backend choice,
-# statistics and figure.
-from convsv._models import ModelError, _checkpoint_body
-from convsv._output import plot_spectra
+from convsv.analysis import BACKENDS, array_converter, checkpoint_contents, plot_spectra, summarize
 from convsv.torch import conv_layers, input_shapes, layer_options
 
 # A ResNet halves its map five times (stem conv, max-pool, three strided stages).
@@ -140,7 +132,7 @@ def load_checkpoint(model: ResNet, arch: str, path: Path) -> None:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         msg = f"--checkpoint {path}: not a PyTorch checkpoint of tensors: {detail}"
         raise ExperimentError(msg) from None
-    body = _checkpoint_body(saved)
+    body = checkpoint_contents(saved)
     if not isinstance(body, Mapping):
         msg = f"--checkpoint {path}: holds a {type(body).__name__}, not a state dict"
         raise ExperimentError(msg)
@@ -170,7 +162,7 @@ def layer_spectra(
         options = layer_options(layer)
         size = sizes[name]
         kernel = to_backend(layer.weight.detach().numpy())
-        values = to_host(convsv.singular_values(kernel, size, **{**options, "padding": "circular"}))
+        values = convsv.singular_values(kernel, size, **{**options, "padding": "circular"})
         stats = summarize(values)
         row = {
             "name": name,
@@ -179,15 +171,15 @@ def layer_spectra(
             "stride": list(options["stride"]),
             "zero_padding": list(options["padding"]),
             "input_shape": list(size),
-            "operator_norm": stats["operator_norm"],
-            "smallest_singular_value": stats["smallest"],
-            "singular_values": stats["count"],
-            "singular_values_at_least_one": stats["at_least_one"],
+            "operator_norm": stats["largest_singular_value"],
+            "smallest_singular_value": stats["smallest_singular_value"],
+            "singular_value_count": stats["singular_value_count"],
+            "singular_values_at_least_one": stats["singular_values_at_least_one"],
             "stable_rank": stats["stable_rank"],
         }
         if bounds:
             lower, upper = convsv.operator_norm_bounds(kernel, size, **options)
-            row["zero_padded_norm_bounds"] = [float(to_host(lower)), float(to_host(upper))]
+            row["zero_padded_norm_bounds"] = [float(lower), float(upper)]
         rows.append(row)
         spectra.append(values)
         elapsed = time.perf_counter() - start
@@ -197,7 +189,10 @@ def layer_spectra(
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Compute the spectra, write the plot to ``args.out`` and return the results."""
-    backend, to_backend = converter(args.backend, args.device)  # a device that is not there fails now
+    try:  # a device that is not there fails now
+        backend, to_backend = array_converter(args.backend, args.device)
+    except ValueError as err:
+        raise ExperimentError(str(err)) from None
     torch.manual_seed(args.seed)
     model = resnet(args.arch)
     random_init = args.checkpoint is None
@@ -213,7 +208,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     args.out.mkdir(parents=True, exist_ok=True)
     plot = args.out / "spectra.png"
-    plot_spectra(rows, spectra, str(plot), f"{args.arch} at {size}, {weights}: {len(rows)} convolutions")
+    names = [row["name"] for row in rows]
+    plot_spectra(
+        spectra, plot, names=names, title=f"{args.arch} at {size}, {weights}: {len(rows)} convolutions"
+    )
     return {
         "experiment": "Sedghi, Gupta & Long (ICLR 2019), Appendix C: the spectra of a ResNet's convolutions",
         "arch": args.arch,
@@ -252,7 +250,7 @@ def summary(result: dict[str, Any]) -> str:
         kernel, stride = "x".join(map(str, r["kernel_shape"])), "x".join(map(str, r["stride"]))
         line = (
             f"{r['name']:<22} {kernel:>16} {stride:>6} {'x'.join(map(str, r['input_shape'])):>7} "
-            f"{r['operator_norm']:8.4g} {r['smallest_singular_value']:10.4g} {r['singular_values']:7d} "
+            f"{r['operator_norm']:8.4g} {r['smallest_singular_value']:10.4g} {r['singular_value_count']:7d} "
             f"{r['singular_values_at_least_one']:7d}"
         )
         if bounds:
@@ -279,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run(args)
         path = args.out / "spectra.json"
         path.write_text(to_json(result))
-    except (ExperimentError, ModelError, OSError) as err:
+    except (ExperimentError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(summary(result))

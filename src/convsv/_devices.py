@@ -16,7 +16,7 @@ def _parse_device(device: str) -> tuple[bool, int]:
     kind, _, index = device.partition(":")
     if device == "cpu" or (kind in ("cuda", "gpu") and (not index or index.isdigit())):
         return device != "cpu", int(index or 0)
-    msg = f"--device {device!r}: expected cpu, cuda, cuda:N, gpu or gpu:N"
+    msg = f"device {device!r}: expected cpu, cuda, cuda:N, gpu or gpu:N"
     raise ModelError(msg)
 
 
@@ -31,21 +31,21 @@ def converter(backend: str | None, device: str) -> tuple[str, Callable[[Any], An
         candidates = ("torch", "cupy", "jax") if gpu else ("numpy",)
         backend = next((b for b in candidates if _available(b)), None)
         if backend is None:
-            msg = f"--device {device}: no GPU array library is installed (torch, cupy or jax)"
+            msg = f"device {device!r}: no GPU array library is installed (torch, cupy or jax)"
             raise ModelError(msg)
     if not _available(backend):
-        msg = f"--backend {backend}: the {backend!r} package is not installed"
+        msg = f"backend {backend!r}: the package is not installed (pip install {backend})"
         raise ModelError(msg)
     if backend == "numpy":
         if gpu:
-            msg = f"--device {device}: NumPy computes on the CPU only; use --backend torch, cupy or jax"
+            msg = f"device {device!r}: NumPy computes on the CPU only; use the backend torch, cupy or jax"
             raise ModelError(msg)
         return backend, lambda k: k
     if backend == "torch":
         import torch
 
         if gpu and index >= torch.cuda.device_count():
-            msg = f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)"
+            msg = f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA device(s)"
             raise ModelError(msg)
         where = torch.device(f"cuda:{index}" if gpu else "cpu")
         return backend, lambda k: torch.asarray(k, device=where)
@@ -55,16 +55,16 @@ def converter(backend: str | None, device: str) -> tuple[str, Callable[[Any], An
         try:
             where = jax.devices("gpu" if gpu else "cpu")[index]
         except (RuntimeError, IndexError) as err:
-            msg = f"--device {device}: JAX has no such device ({err})"
+            msg = f"device {device!r}: JAX has no such device ({err})"
             raise ModelError(msg) from None
         return backend, lambda k: jax.device_put(k, where)
     import cupy  # backend == "cupy"
 
     if not gpu:
-        msg = "--backend cupy computes on a GPU: use --device cuda"
+        msg = "backend 'cupy' computes on a GPU: use device 'cuda'"
         raise ModelError(msg)
     if index >= cupy.cuda.runtime.getDeviceCount():
-        msg = f"--device {device}: CuPy sees {cupy.cuda.runtime.getDeviceCount()} CUDA device(s)"
+        msg = f"device {device!r}: CuPy sees {cupy.cuda.runtime.getDeviceCount()} CUDA device(s)"
         raise ModelError(msg)
 
     def to_cupy(k: Any) -> Any:

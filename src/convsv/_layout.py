@@ -108,6 +108,11 @@ class ConvSpec:
         """Spatial shape of what the layer produces."""
         return self.conv_input if self.transposed else self.conv_output
 
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """``(rows, columns)`` of the forward convolution's dense matrix: ``(out * N_out, in * N_in)``."""
+        return self.out_channels * math.prod(self.conv_output), self.in_channels * math.prod(self.conv_input)
+
     def circular_twin(self) -> ConvSpec:
         """The circular layer on ``grid`` that contains this one (this one, if circular).
 

@@ -239,12 +239,38 @@ def torch_conv(name: str, layer: Any, shape: tuple[int, ...] | None) -> ConvLaye
     return ConvLayer(name, kernel, layout, options, shape)
 
 
-def _checkpoint_body(obj: Any) -> Any:
-    """A module or a state dict inside common checkpoint wrappers (``{"state_dict": ...}``)."""
+def checkpoint_contents(obj: Any) -> Any:
+    """The module or state dict inside a PyTorch checkpoint's usual wrappers.
+
+    Training scripts save ``{"state_dict": ..., "epoch": ...}``,
+    ``{"model": ...}``, ``{"model_state_dict": ...}``, ``{"module": ...}``
+    or ``{"net": ...}``, sometimes nested; a bare module or state dict is
+    returned as it is.
+
+    Parameters
+    ----------
+    obj : object
+        What ``torch.load`` returned.
+
+    Returns
+    -------
+    object
+        The innermost value under one of those keys that is not itself an
+        array (``obj`` when there is none).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from convsv.analysis import checkpoint_contents
+    >>> state = {"conv.weight": np.ones((4, 3, 3, 3))}
+    >>> checkpoint_contents({"epoch": 90, "state_dict": {"model": state}}) is state
+    True
+    """
     if isinstance(obj, Mapping):
         for key in ("state_dict", "model_state_dict", "model", "module", "net"):
-            if key in obj and not _is_tensor(obj[key]):
-                return _checkpoint_body(obj[key])
+            value = obj.get(key)
+            if value is not None and not (hasattr(value, "shape") and hasattr(value, "dtype")):
+                return checkpoint_contents(value)
     return obj
 
 
@@ -282,7 +308,7 @@ def read_torch(path: Path, input_size: Sequence[int] | None, layout: str | None)
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
         raise _unreadable(path, "PyTorch checkpoint", err) from None
-    body = _checkpoint_body(obj)
+    body = checkpoint_contents(obj)
     if isinstance(body, torch.nn.Module):
         return Model(str(path), "PyTorch module", _torch_module(body, input_size, path))
     if isinstance(body, Mapping):

@@ -506,7 +506,7 @@ def conv_matrix(
         kernel, input_shape, layout, xp, stride, dilation, groups, transposed, padding, output_padding
     )
     max_entries = optional_integer(max_entries, "max_entries", 0)
-    entries = spec.out_channels * math.prod(spec.conv_output) * spec.in_channels * math.prod(spec.conv_input)
+    entries = math.prod(spec.matrix_shape)
     if max_entries is not None and entries > max_entries:
         msg = (
             f"the dense matrix would have {entries} entries, more than `max_entries`={max_entries}; "

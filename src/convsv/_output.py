@@ -5,10 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 from collections.abc import Sequence
 from typing import Any
 
+from ._analysis import EXACT_STATISTICS_ENTRIES, TWIN
 from ._layout import LAYOUTS
+from ._lib import to_host
 from ._models import Model, ModelError
 
 
@@ -43,7 +46,7 @@ def format_table(model: Model, rows: list[dict[str, Any]], header: str) -> str:
             _number(r["operator_norm"]),
             "-" if r["norm_bounds"] is None else f"[{r['norm_bounds'][0]:.4g}, {r['norm_bounds'][1]:.4g}]",
             _number(r["circular_norm"]),
-            _number(r["smallest_singular_value"]),
+            _number(r["smallest_singular_value"]) + (" *" if r["statistics_of"] == TWIN else ""),
             _number(r["condition_number"]),
             _number(r["stable_rank"]),
             str(r["singular_values_at_least_one"]),
@@ -63,13 +66,22 @@ def format_table(model: Model, rows: list[dict[str, Any]], header: str) -> str:
         "  1e-5 of a singular value in float32, 1e-6 in float64; circular padding: exact).",
         "bounds: zero-padded layers only, certified [lower, upper]: the layer attains the lower (its norm);",
         "  the circular layer on the zero-padded map bounds it from above.",
-        "circular: exact norm of the circular layer on the map, zero-padded and rounded up to a multiple",
-        "  of the stride for zero padding (the bounds' upper end); s_min, cond, stable rank and #s>=1",
-        "  describe its spectrum, and the plots draw it.",
-        f"Product of the layers' norms (upper bounds where zero-padded): {rows[-1]['norm_product']:.6g}",
-        "  an upper bound on the Lipschitz constant of these convolutions applied in sequence; it bounds",
-        "  the network only where everything between them is 1-Lipschitz and nothing skips a layer.",
+        "circular: exact norm of the circular layer on the map (zero padding: on the map zero-padded and",
+        "  rounded up to a multiple of the stride; the bounds' upper end).",
+        "s_min, cond, stable rank, #s>=1: the layer's own singular values, exact (zero padding: by a dense",
+        "  SVD); --plot draws the same values.",
     ]
+    if any(r["statistics_of"] == TWIN for r in rows):
+        out.append(
+            f"  * a zero-padded layer of over {EXACT_STATISTICS_ENTRIES} matrix entries: these describe "
+            "the circular layer on the padded map instead."
+        )
+    if len(rows) > 1:
+        out += [
+            f"Product of the layers' norms (upper bounds where zero-padded): {rows[-1]['norm_product']:.6g}",
+            "  an upper bound on the Lipschitz constant of these convolutions applied in sequence; it bounds",
+            "  the network only where everything between them is 1-Lipschitz and nothing skips a layer.",
+        ]
     notes = list(model.notes) + [f"{r['name']}: {r['note']}" for r in rows if r["note"]]
     out += [f"note: {n}" for n in notes]
     return "\n".join(out).rstrip() + "\n"
@@ -78,8 +90,8 @@ def format_table(model: Model, rows: list[dict[str, Any]], header: str) -> str:
 CSV_FIELDS = [
     "name", "kernel_shape", "layout", "stride", "dilation", "groups", "padding", "transposed",
     "input_shape", "output_shape", "operator_norm", "lower_bound", "upper_bound", "circular_norm",
-    "smallest_singular_value",
-    "condition_number", "stable_rank", "singular_values", "singular_values_at_least_one",
+    "statistics_of", "smallest_singular_value",
+    "condition_number", "stable_rank", "singular_value_count", "singular_values_at_least_one",
     "reshaped_kernel_norm", "norm_product", "assumed_options", "note",
 ]  # fmt: skip
 
@@ -102,11 +114,53 @@ def format_csv(rows: list[dict[str, Any]]) -> str:
     return buffer.getvalue()
 
 
-def plot_spectra(rows: list[dict[str, Any]], spectra: list[Any], path: str, title: str) -> None:
-    """The paper's Figures 5-7 side by side: singular values, ratios to the largest, against normalised rank.
+def plot_spectra(
+    spectra: Sequence[Any],
+    path: str | os.PathLike[str],
+    *,
+    names: Sequence[str] | None = None,
+    title: str = "",
+) -> None:
+    """Draw the paper's Figures 5-7 for several layers, side by side, into an image file.
 
-    As in the paper's Appendix C only kernels larger than 1x1 are drawn (all of them if
-    none is), coloured from red (near the input) to green (near the output).
+    Sedghi, Gupta & Long (ICLR 2019, Appendix C) plot each layer's singular
+    values sorted in decreasing order (Figure 5), as ratios to the layer's
+    largest (Figure 6), and against the rank divided by the number of values
+    (Figure 7). The layers are coloured from red (the first, near the input)
+    to green (the last).
+
+    Parameters
+    ----------
+    spectra : sequence of array_like
+        Each layer's singular values, any shape and order, of any array
+        library and device (as :func:`convsv.singular_values` returns them).
+    path : str or path-like
+        The image file; its suffix picks the format (``.png``, ``.pdf``,
+        ``.svg``...).
+    names : sequence of str, optional
+        The layers' names, for the legend (shown for at most 12 layers).
+    title : str, optional
+        The figure's title.
+
+    Raises
+    ------
+    ModuleNotFoundError
+        If matplotlib is not installed.
+    ValueError
+        If ``names`` does not match ``spectra``, or the file cannot be written.
+
+    Examples
+    --------
+    >>> import numpy as np, convsv
+    >>> from convsv.analysis import plot_spectra
+    >>> kernels = [np.ones((3, 3, 2, 2)), np.eye(2)[None, None] * np.ones((3, 3, 1, 1))]
+    >>> spectra = [convsv.singular_values(k, 8) for k in kernels]
+    >>> import pathlib, tempfile
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = pathlib.Path(folder) / "spectra.png"
+    ...     plot_spectra(spectra, path, names=["box", "diagonal"], title="two layers")
+    ...     print(path.stat().st_size > 0)
+    True
     """
     import numpy as np
 
@@ -114,20 +168,21 @@ def plot_spectra(rows: list[dict[str, Any]], spectra: list[Any], path: str, titl
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        msg = "--plot needs matplotlib: pip install 'convsv[cli]'"
-        raise ModelError(msg) from None
-    shown = [i for i, r in enumerate(rows) if math.prod(_spatial_size(r)) > 1] or list(range(len(rows)))
+        msg = "plotting needs matplotlib: pip install 'convsv[cli]'"
+        raise ModuleNotFoundError(msg, name="matplotlib") from None
+    if names is not None and len(names) != len(spectra):
+        msg = f"`names` has {len(names)} entries for {len(spectra)} spectra"
+        raise ValueError(msg)
     figure = Figure(figsize=(15, 4.6), layout="constrained")
     FigureCanvasAgg(figure)
     axes = figure.subplots(1, 3)
-    for order, i in enumerate(shown):
-        t = order / max(len(shown) - 1, 1)
+    for i, values in enumerate(spectra):
+        t = i / max(len(spectra) - 1, 1)
         color = (1.0 - t, 0.75 * t, 0.0)
-        s = np.sort(np.ravel(spectra[i]))[::-1]
+        s = np.sort(np.ravel(to_host(values)))[::-1]
         rank = np.arange(1, s.size + 1)
         ratio = s / s[0] if s[0] > 0 else np.zeros_like(s)
-        label = rows[i]["name"]
-        axes[0].plot(rank, s, color=color, lw=1.2, label=label)
+        axes[0].plot(rank, s, color=color, lw=1.2, label=None if names is None else names[i])
         axes[1].plot(rank, ratio, color=color, lw=1.2)
         axes[2].plot(rank / s.size, ratio, color=color, lw=1.2)
     axes[0].set(xscale="log", xlabel="rank", ylabel="singular value", title="Singular values (Fig. 5)")
@@ -137,17 +192,27 @@ def plot_spectra(rows: list[dict[str, Any]], spectra: list[Any], path: str, titl
                 title="Against normalised rank (Fig. 7)")  # fmt: skip
     for ax in axes:
         ax.grid(True, which="major", alpha=0.3)
-    if not shown:
-        axes[0].text(
-            0.5, 0.5, "no layer has a circular twin on its map", ha="center", transform=axes[0].transAxes
-        )
-    elif len(shown) <= 12:
+    if names is not None and 0 < len(spectra) <= 12:
         axes[0].legend(fontsize="small", title="near input: red", title_fontsize="small")
     figure.suptitle(title)
     try:
         figure.savefig(path, dpi=110)
     except (OSError, ValueError) as err:
-        msg = f"--plot {path}: cannot write the figure: {err}"
+        msg = f"cannot write the figure to {os.fspath(path)!r}: {err}"
+        raise ValueError(msg) from None
+
+
+def plot_model(rows: list[dict[str, Any]], spectra: list[Any], path: str, title: str) -> None:
+    """``--plot``: as in the paper's Appendix C, kernels larger than 1x1 (all, if none is), the rest named."""
+    drawn = [i for i, r in enumerate(rows) if math.prod(_spatial_size(r)) > 1] or list(range(len(rows)))
+    left_out = [r["name"] for i, r in enumerate(rows) if i not in drawn]
+    if left_out:
+        names = ", ".join(left_out[:6]) + (", ..." if len(left_out) > 6 else "")
+        title += f" ({len(drawn)} drawn; 1x1 left out: {names})"
+    try:
+        plot_spectra([spectra[i] for i in drawn], path, names=[rows[i]["name"] for i in drawn], title=title)
+    except (ModuleNotFoundError, ValueError) as err:
+        msg = f"--plot {path}: {err}"
         raise ModelError(msg) from None
 
 

@@ -169,17 +169,14 @@ def _spectrum_of_unit(
     if spec.circular:
         values = _circular_spectrum(array, spec, xp, options.chunk_size, options.max_memory)
         return values if count is None else _largest(values, count, xp)
-    n_in, n_out = (
-        spec.in_channels * math.prod(spec.conv_input),
-        spec.out_channels * math.prod(spec.conv_output),
-    )
-    if n_in * n_out <= MAX_DENSE_SVD:
+    entries = math.prod(spec.matrix_shape)
+    if entries <= MAX_DENSE_SVD:
         values = matrix_singular_values(forward_matrix(array, spec, xp), xp)
         return values if count is None else values[:count]
     if count is None:
         msg = (
             f"with zero padding the whole spectrum needs a dense SVD, and this layer's matrix has "
-            f"{n_in * n_out} entries (the limit is {MAX_DENSE_SVD}); pass `k` for the k largest by "
+            f"{entries} entries (the limit is {MAX_DENSE_SVD}); pass `k` for the k largest by "
             "block Lanczos, use operator_norm or operator_norm_bounds, which work matrix-free, or "
             "padding='circular' for the exact spectrum of the circular layer"
         )
@@ -222,7 +219,7 @@ def _count_of_values(spec: ConvSpec) -> int:
     """How many singular values the layer has (its matrix's smaller side, zeros included)."""
     if spec.circular:
         return spec.n_blocks * spec.groups * min(spec.phases * spec.group_in, spec.group_out)
-    return min(spec.in_channels * math.prod(spec.conv_input), spec.out_channels * math.prod(spec.conv_output))
+    return min(spec.matrix_shape)
 
 
 def _largest(values: Array, count: int, xp: Namespace) -> Array:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import io
 import json
 import os
 import sys
@@ -23,15 +22,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from . import __version__, operator_norm_bounds, singular_values
-from ._analysis import Progress, analyze, reshaped_norm, resolve_sizes, summarize
+from . import __version__
+from ._analysis import Progress, analyze, resolve_sizes
 from ._devices import BACKENDS, converter
-from ._layout import LAYOUTS
-from ._lib import to_host
-from ._models import ModelError, load_model
-from ._output import format_csv, format_table, plot_spectra
+from ._layout import LAYOUTS, conv_spec
+from ._models import ConvLayer, Model, ModelError, load_model
+from ._output import format_csv, format_table, plot_model
 
-SPECTRUM_BACKENDS = ("numpy", "torch", "jax")
 DEFAULT_PLOT = "digits-cnn-spectra.png"
 
 
@@ -63,9 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     spectrum = commands.add_parser(
         "spectrum",
-        help="summarise the exact spectrum of one kernel",
+        help="the exact spectrum of one kernel's layer, reported as analyze reports a model's",
         description=(
-            "Summarise the exact singular values of a convolution with circular padding. "
+            "Report the exact singular values of one convolution (circular padding by default), "
+            "as `convsv analyze` reports each layer of a model: the same table, JSON and CSV. "
             "Without KERNEL, a built-in 3x3, 16->16 He-initialised kernel on a 32x32 map."
         ),
     )
@@ -80,9 +78,6 @@ def _parser() -> argparse.ArgumentParser:
     spectrum.add_argument(
         "--layout", choices=sorted(LAYOUTS), default="HWIO", help="kernel axes (default HWIO)"
     )
-    spectrum.add_argument(
-        "--backend", choices=SPECTRUM_BACKENDS, default="numpy", help="array library to compute with"
-    )
     layer = spectrum.add_argument_group("layer options (as in convsv.singular_values)")
     layer.add_argument("--stride", type=int, nargs="+", default=[1], metavar="S")
     layer.add_argument("--dilation", type=int, nargs="+", default=[1], metavar="D")
@@ -94,9 +89,27 @@ def _parser() -> argparse.ArgumentParser:
         help="circular (default, exact), same, valid or an int",
     )
     layer.add_argument("--transposed", action="store_true", help="the kernel is a transposed convolution's")
-    spectrum.add_argument("--format", choices=("table", "json"), default="table", help="output format")
+    _output_options(spectrum)
+    spectrum.set_defaults(usage=spectrum)
     _analyze_parser(commands)
     return parser
+
+
+def _output_options(command: argparse.ArgumentParser) -> None:
+    """What both commands share: how to print, what to compute with, the figure and the progress bar."""
+    command.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
+    command.add_argument("--plot", metavar="FILE", help="write the paper's Figures 5-7 (PNG, PDF or SVG)")
+    command.add_argument(
+        "--backend", choices=BACKENDS, help="array library to compute with (default: numpy on the CPU)"
+    )
+    command.add_argument(
+        "--device", default="cpu", help="cpu (default), cuda, cuda:N or gpu: computes with torch, cupy or jax"
+    )
+    command.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        help="progress bar on stderr (default: when stderr is a terminal)",
+    )
 
 
 def _analyze_parser(commands: Any) -> None:
@@ -126,8 +139,6 @@ def _analyze_parser(commands: Any) -> None:
         help="spatial size of the model's input, one per axis or one for all; needed unless the file "
         "fixes it (ONNX with a static input, Keras, .npz/safetensors with a convsv header)",
     )
-    analyze.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
-    analyze.add_argument("--plot", metavar="FILE", help="write the paper's Figures 5-7 (PNG, PDF or SVG)")
     analyze.add_argument("--layers", metavar="PATTERN", help="only layers whose name matches this glob")
     analyze.add_argument(
         "--layout",
@@ -135,32 +146,22 @@ def _analyze_parser(commands: Any) -> None:
         help="kernel axes for formats without layer information (.npz default HWIO, state dicts and "
         "safetensors OIHW); the spatial rank is taken from each kernel",
     )
-    analyze.add_argument(
-        "--backend", choices=BACKENDS, help="array library to compute with (default: numpy on the CPU)"
-    )
-    analyze.add_argument(
-        "--device", default="cpu", help="cpu (default), cuda, cuda:N or gpu: computes with torch, cupy or jax"
-    )
-    analyze.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        help="progress bar on stderr (default: when stderr is a terminal)",
-    )
+    _output_options(analyze)
+    analyze.set_defaults(usage=analyze)
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    """``convsv analyze``: everything is computed before anything is written."""
+    """``convsv analyze``: a model file's convolutions."""
     input_size = args.input_size
     if input_size is not None and min(input_size) <= 0:
         msg = f"--input-size must be positive, got {input_size}"
         raise ModelError(msg)
-    plot = args.plot
     if args.model is None:
         source = resources.files("convsv") / "data" / "digits_cnn.npz"
         with resources.as_file(source) as path:
             model = load_model(path, input_size, args.layout)
         model.source = "convsv's bundled digits CNN (experiments/train_digits_cnn.py)"
-        plot = plot or DEFAULT_PLOT
+        args.plot = args.plot or DEFAULT_PLOT
     else:
         model = load_model(args.model, input_size, args.layout)
     if args.layers:
@@ -172,12 +173,20 @@ def _analyze(args: argparse.Namespace) -> int:
             raise ModelError(msg)
         model.layers = chosen
     resolve_sizes(model, input_size)
+    return _report(model, args, Path(model.source).name if args.model else "bundled digits CNN")
+
+
+def _layers_text(count: int) -> str:
+    return f"{count} conv layer{'' if count == 1 else 's'}"
+
+
+def _report(model: Model, args: argparse.Namespace, name: str) -> int:
+    """Analyse ``model`` and write the report: everything is computed before anything is written."""
     backend, to_backend = converter(args.backend, args.device)
     show = sys.stderr.isatty() if args.progress is None else args.progress
     rows, spectra = analyze(model, to_backend, Progress(len(model.layers), show))
-    title = f"{Path(model.source).name if args.model else 'bundled digits CNN'}: {len(rows)} conv layers"
-    if plot:
-        plot_spectra(rows, spectra, plot, title)
+    if args.plot:
+        plot_model(rows, spectra, args.plot, f"{name}: {_layers_text(len(rows))}")
     if args.format == "json":
         # One layer per line: valid JSON that stays readable for models with many layers.
         text = "[\n" + ",\n".join(f"  {json.dumps(row, allow_nan=False)}" for row in rows) + "\n]\n"
@@ -185,11 +194,11 @@ def _analyze(args: argparse.Namespace) -> int:
         text = format_csv(rows)
     else:
         where = f"{backend} on {args.device}"
-        header = f"convsv {__version__}: {model.source} ({model.format}, {len(rows)} conv layers, {where})"
+        header = f"convsv {__version__}: {model.source} ({model.format}, {_layers_text(len(rows))}, {where})"
         text = format_table(model, rows, header)
     _write(text)
-    if plot:
-        print(f"wrote {plot}", file=sys.stderr)
+    if args.plot:
+        print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
 
@@ -201,36 +210,6 @@ def _write(text: str) -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-def _print_table(info: dict[str, Any], out: Any) -> None:
-    layer = ", ".join(f"{k}={v}" for k, v in info["options"].items())
-    rows = [
-        ("kernel", f"{info['kernel_shape']} ({info['layout']})"),
-        ("layer", layer),
-        ("feature map", " x ".join(map(str, info["input_shape"]))),
-        ("computed in", f"{info['backend']}, {info['dtype']}"),
-    ]
-    lower, upper = info["norm_bounds"]
-    if info["options"]["padding"] == "circular":
-        rows.append(("operator norm (exact)", f"{upper:.6g}"))
-    else:
-        rows.append(("operator norm (Lanczos)", f"{info['operator_norm']:.6g}"))
-        rows.append(("certified bounds", f"[{lower:.6g}, {upper:.6g}]"))
-    if info.get("count") is not None:
-        rows += [
-            ("singular values", f"{info['count']}"),
-            ("smallest singular value", f"{info['smallest']:.6g}"),
-            ("condition number", f"{info['condition_number']:.6g}"),
-            ("stable rank", f"{info['stable_rank']:.6g}"),
-            ("singular values >= 1", f"{info['at_least_one']}"),
-        ]
-    rows.append(
-        ("reshaped-kernel norm", f"{info['reshaped_norm']:.6g}  (what spectral_norm wrappers compute)")
-    )
-    width = max(len(name) for name, _ in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}", file=out)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _parser()
@@ -239,31 +218,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         import numpy  # noqa: F401
     except ImportError:  # pragma: no cover - numpy is in the [cli] extra
         parser.error("the command line needs NumPy: pip install 'convsv[cli]'")
-    if args.command == "analyze":
-        try:
+    try:
+        if args.command == "analyze":
             return _analyze(args)
-        except ModelError as err:
-            print(f"convsv analyze: error: {err}", file=sys.stderr)
-            return 1
-    return _spectrum(parser, args)
+        return _report(*_one_layer(args), args.kernel or "example kernel")
+    except ModelError as err:
+        print(f"convsv {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except UsageError as err:  # the command line itself: as argparse reports it, status 2
+        args.usage.error(str(err))
+        return 2  # pragma: no cover - error() exits
 
 
-def _spectrum(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    """``convsv spectrum``: one kernel's summary."""
+class UsageError(Exception):
+    """A ``convsv spectrum`` argument that does not fit the kernel: a command-line error (status 2)."""
+
+
+def _one_layer(args: argparse.Namespace) -> tuple[Model, argparse.Namespace]:
+    """``convsv spectrum``: the kernel and layer of the command line, as a one-layer model."""
     import numpy as np
 
     if args.kernel is None:
-        kernel, source = example_kernel(), "built-in example"
+        kernel, source = example_kernel(), "example kernel"
         input_size = args.input_size or [32]
     else:
         if args.input_size is None:
-            parser.error("--input-size is required with a kernel file")
+            msg = "--input-size is required with a kernel file"
+            raise UsageError(msg)
         try:
             kernel = np.load(args.kernel, allow_pickle=False)
         except (OSError, ValueError) as err:
-            parser.error(f"cannot read kernel {args.kernel!r}: {err}")
+            msg = f"cannot read kernel {args.kernel!r}: {err}"
+            raise UsageError(msg) from None
         source, input_size = args.kernel, args.input_size
-    input_shape: int | list[int] = input_size[0] if len(input_size) == 1 else input_size
     options = {
         "stride": args.stride[0] if len(args.stride) == 1 else args.stride,
         "dilation": args.dilation[0] if len(args.dilation) == 1 else args.dilation,
@@ -271,43 +258,16 @@ def _spectrum(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         "padding": args.padding,
         "transposed": args.transposed,
     }
-    try:
-        array = converter(args.backend, "cpu")[1](kernel)
-    except ModelError as err:  # the backend is not installed
-        parser.error(str(err))
-    try:
-        bounds = [to_host(b) for b in operator_norm_bounds(array, input_shape, layout=args.layout, **options)]
-        dtype = str(bounds[0].dtype)
-        try:
-            stats = summarize(to_host(singular_values(array, input_shape, layout=args.layout, **options)))
-        except ValueError:
-            if args.padding == "circular":
-                raise
-            # Zero padding on a layer too large for a dense SVD: the norms only.
-            stats = {"operator_norm": float(bounds[0])}
+    # One size stands for every spatial axis (a kernel of the wrong rank is the layout's error).
+    shape = (input_size[0],) * max(kernel.ndim - 2, 1) if len(input_size) == 1 else tuple(input_size)
+    try:  # the layer's own errors are the command line's: status 2, with the usage
+        conv_spec(kernel.shape, shape, args.layout, **options)
     except (TypeError, ValueError) as err:
-        parser.error(str(err))
-    lower, upper = (float(b) for b in bounds)
-    ndim = kernel.ndim - 2
-    info = {
-        "source": source,
-        "kernel_shape": list(kernel.shape),
-        "layout": args.layout,
-        "options": options,
-        "input_shape": list(input_size) * (ndim if len(input_size) == 1 else 1),
-        "backend": args.backend,
-        "dtype": dtype,
-        "norm_bounds": [lower, upper],
-        **stats,
-        "reshaped_norm": reshaped_norm(kernel, args.layout),
-    }
-    if args.format == "json":
-        _write(json.dumps(info, indent=2) + "\n")
-    else:
-        table = io.StringIO()
-        _print_table(info, table)
-        _write(f"convsv {__version__}: {source}\n{table.getvalue()}")
-    return 0
+        raise UsageError(str(err)) from None
+    layer = ConvLayer(
+        Path(args.kernel).stem if args.kernel else "example", kernel, args.layout, options, shape
+    )
+    return Model(source, "NumPy .npy" if args.kernel else "built-in", [layer]), args
 
 
 if __name__ == "__main__":  # pragma: no cover

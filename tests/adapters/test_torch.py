@@ -299,7 +299,7 @@ def test_parametrization_bounds_the_weight_and_is_differentiable():
 def test_parametrization_refuses_bad_configuration_at_registration():
     with pytest.raises(ValueError, match="max_norm"):
         parametrize_operator_norm(nn.Conv2d(1, 1, 3, padding=1), 0.0 - 1, 8)
-    with pytest.raises(ValueError, match="has 1 entries but the kernel has 2 spatial axes"):
+    with pytest.raises(ValueError, match="`input_shape` has 3 entries but the kernel has 2 spatial axes"):
         parametrize_operator_norm(nn.Conv2d(1, 1, 3, padding=1), 1.0, (8, 8, 8))
 
 

@@ -227,7 +227,7 @@ def test_cuda_device_without_a_gpu(capsys, tmp_path, plain_npz):
         "4",
         "--device",
         "cuda",
-        message="--device cuda",
+        message="device 'cuda'",
         plot=tmp_path / "p.png",
     )
 

@@ -48,7 +48,7 @@ def test_singular_layer(capsys, tmp_path):
         == 0
     )
     assert row["condition_number"] is None
-    assert row["singular_values"] == 32
+    assert row["singular_value_count"] == 32
     assert row["singular_values_at_least_one"] == 0
     text, _ = analyze(capsys, path, "--input-size", "4", "--format", "csv")
     (record,) = csv.DictReader(io.StringIO(text))

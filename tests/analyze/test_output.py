@@ -45,7 +45,7 @@ def test_csv_and_table_agree_with_json(capsys, torch_files):
         for key in ("operator_norm", "circular_norm", "smallest_singular_value", "condition_number",
                     "stable_rank", "reshaped_kernel_norm", "norm_product"):  # fmt: skip
             assert float(record[key]) == row[key], key
-        for key in ("groups", "singular_values", "singular_values_at_least_one"):
+        for key in ("groups", "singular_value_count", "singular_values_at_least_one"):
             assert int(record[key]) == row[key], key
         assert record["transposed"] == str(row["transposed"])
         assert record["assumed_options"] == str(row["assumed_options"])
@@ -91,7 +91,7 @@ def test_other_backends_give_the_same_norms(capsys, torch_files, expected8, libr
     check_rows(rows, [exp for exp in expected8[1] if fnmatch.fnmatchcase(exp.name, layers)])
     for row, ref in zip(rows, base, strict=True):
         assert row["operator_norm"] == pytest.approx(ref["operator_norm"], rel=REL)
-        assert row["singular_values"] == ref["singular_values"]
+        assert row["singular_value_count"] == ref["singular_value_count"]
 
 
 def test_progress_bar(capsys, torch_files):

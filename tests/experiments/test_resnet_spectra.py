@@ -75,7 +75,7 @@ def check_layers(result: dict, model: torch.nn.Module) -> dict[str, float]:
         s = dense_spectrum(layer.weight.detach(), size, layer.stride[0], "circular")
         row = rows[name]
         assert row["input_shape"] == [size, size]
-        assert row["singular_values"] == s.size
+        assert row["singular_value_count"] == s.size
         assert row["operator_norm"] == pytest.approx(s[0], rel=1e-4)
         assert row["smallest_singular_value"] == pytest.approx(s[-1], rel=1e-3, abs=1e-5)
         norms[name] = row["operator_norm"]
@@ -139,7 +139,7 @@ def test_mismatched_checkpoint_names_the_keys(capsys, tmp_path, monkeypatch):
     ("args", "status", "message"),
     [
         (["--checkpoint", "nowhere.pth"], 1, "error: --checkpoint nowhere.pth: no such file"),
-        (["--quick", "--backend", "torch", "--device", "cuda:7"], 1, "error: --device cuda:7"),
+        (["--quick", "--backend", "torch", "--device", "cuda:7"], 1, "error: device 'cuda:7'"),
         (["--arch", "resnet19"], 2, "invalid choice: 'resnet19'"),
         (["--input-size", "100"], 2, "--input-size 100: must be a positive multiple of 32"),
     ],
