@@ -78,7 +78,7 @@ def test_builtin_example(capsys):
 def test_table_is_analyze_s(capsys):
     assert main(["spectrum", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "built-in example" in out
+    assert "example kernel (built-in, 1 conv layer, numpy on cpu)" in out
     assert "1 conv layer," in out
     assert "3x3x16x16 HWIO" in out
     assert "32x32" in out

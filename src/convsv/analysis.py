@@ -8,7 +8,7 @@ a state dict) can do the same with these:
 - :func:`summarize`: the statistics the command reports for one layer's
   singular values;
 - :func:`plot_spectra`: the paper's Figures 5-7 for several layers;
-- :func:`array_converter`: the array library (one of :data:`BACKENDS`) and
+- :func:`array_converter`: the array library (one of ``BACKENDS``) and
   device the command's ``--backend`` and ``--device`` choose, as a function
   that moves a NumPy array there;
 - :func:`checkpoint_contents`: the module or state dict inside a PyTorch
