@@ -25,12 +25,13 @@ _AVAILABLE = {
 }
 _REQUIRED = os.environ.get("CONVSV_REQUIRE_ADAPTERS") == "1"
 # The private modules that hold part of a public adapter, with doctests that need its framework.
-_ADAPTER_PARTS = {"keras": ["_keras_constraint"], "optax": ["_jax_layers"]}
+_ADAPTER_PARTS = {"keras": ["_keras_constraint"], "optax": ["_jax_layers"], "torch": ["_torch_spectral_norm"]}
+# Each adapter's test modules (test_torch.py, test_torch_spectral_norm.py, ...) and sources.
 ADAPTER_FILES = {
-    name: [f"tests/adapters/test_{name}.py"]
+    name: [f"tests/adapters/test_{name}*.py"]
     + [f"src/convsv/{module}.py" for module in (name, *_ADAPTER_PARTS.get(name, []))]
     for name in _AVAILABLE
 }
-collect_ignore = [
+collect_ignore_glob = [
     path for name, ok in _AVAILABLE.items() if not ok and not _REQUIRED for path in ADAPTER_FILES[name]
 ]

@@ -77,7 +77,7 @@ ADAPTERS = {
 
 
 # The private modules that hold part of a public adapter, with doctests that need its framework.
-ADAPTER_PARTS = {"keras": ["_keras_constraint"], "optax": ["_jax_layers"]}
+ADAPTER_PARTS = {"keras": ["_keras_constraint"], "optax": ["_jax_layers"], "torch": ["_torch_spectral_norm"]}
 
 
 def _adapter_files(module: str) -> list[str]:

@@ -8,6 +8,9 @@ Three idioms, one projection (:func:`convsv.clip_operator_norm`):
 - :func:`parametrize_operator_norm` applies it at every forward pass, as a
   differentiable ``torch.nn.utils.parametrize`` parametrization.
 
+And one normalisation: :func:`spectral_norm`, PyTorch's ``spectral_norm``
+with the layer's true operator norm as the divisor.
+
 Each convolution's stride, dilation, groups and padding are read from the
 layer itself; feature-map sizes come from ``input_shapes`` or from the layer's
 inputs, recorded by forward pre-hooks. Importing this module imports torch;
@@ -29,16 +32,19 @@ from ._docs import CLIP_OPTIONS_PARAMETER, shared_text
 from ._frameworks.torch import conv_options, forward_input_shapes, record_input_shapes
 from ._layout import ConvSpec, conv_spec
 from ._options import CLIP_OPTIONS, ClipOptions
+from ._torch_spectral_norm import SpectralNorm, spectral_norm
 
 __all__ = [
     "LayerReport",
     "OperatorNormClipper",
     "OperatorNormParametrization",
+    "SpectralNorm",
     "clip_operator_norm_",
     "conv_layers",
     "input_shapes",
     "layer_options",
     "parametrize_operator_norm",
+    "spectral_norm",
 ]
 
 Shapes = Mapping[str, Any]

@@ -1,0 +1,338 @@
+"""Spectral normalisation by the layer's own operator norm: ``convsv.torch.spectral_norm``.
+
+PyTorch's ``torch.nn.utils.parametrizations.spectral_norm`` divides a weight
+by the largest singular value of the weight reshaped into a matrix, which is
+not the norm of a convolution (Sedghi, Gupta & Long, ICLR 2019). This one runs
+the same warm-started power iteration (Miyato et al., ICLR 2018) on the
+layer's real linear map: its own convolution, with its stride, dilation,
+groups, padding and transposition, on the feature map it is applied to. Its
+adjoint comes from ``torch.func.vjp`` of that map, so the two are exact
+transposes of each other whatever the options.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ._checks import integer, real
+from ._checks import shape as shape_of
+from ._frameworks.torch import conv_options
+from ._layout import ConvSpec, conv_spec
+from ._options import NormOptions
+from ._values import norm, norm_bounds
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerMap:
+    """The linear part of a ``torch.nn`` convolution (no bias), as a function of its input and weight.
+
+    A plain object, not the layer: the parametrization must not hold its own
+    module (that would make the module its own child), and it pickles.
+    """
+
+    ndim: int
+    transposed: bool
+    stride: tuple[int, ...]
+    padding: Any  # ints per axis, or "same"/"valid"; transposed: ints
+    dilation: tuple[int, ...]
+    groups: int
+    output_padding: tuple[int, ...]
+    padding_mode: str
+    circular_pads: tuple[int, ...]  # F.pad's order (last axis first), for padding_mode="circular"
+
+    @classmethod
+    def of(cls, layer: Any) -> LayerMap:
+        """The map of ``layer`` (a ``Conv1d/2d/3d`` or ``ConvTranspose1d/2d/3d``)."""
+        return cls(
+            ndim=layer.weight.ndim - 2,
+            transposed=bool(layer.transposed),
+            stride=tuple(layer.stride),
+            padding=layer.padding if isinstance(layer.padding, str) else tuple(layer.padding),
+            dilation=tuple(layer.dilation),
+            groups=int(layer.groups),
+            output_padding=tuple(layer.output_padding),
+            padding_mode=layer.padding_mode,
+            circular_pads=tuple(layer._reversed_padding_repeated_twice),
+        )
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.transposed:
+            transpose = getattr(F, f"conv_transpose{self.ndim}d")
+            return transpose(  # type: ignore[no-any-return]
+                x, weight, None, self.stride, self.padding, self.output_padding, self.groups, self.dilation
+            )
+        convolve = getattr(F, f"conv{self.ndim}d")
+        if self.padding_mode == "circular":
+            x = F.pad(x, self.circular_pads, mode="circular")
+            return convolve(x, weight, None, self.stride, 0, self.dilation, self.groups)  # type: ignore[no-any-return]
+        return convolve(x, weight, None, self.stride, self.padding, self.dilation, self.groups)  # type: ignore[no-any-return]
+
+
+def _unit(x: torch.Tensor, eps: float) -> torch.Tensor:
+    return x / torch.clamp(torch.linalg.vector_norm(x), min=eps)
+
+
+class SpectralNorm(nn.Module):
+    """The parametrization :func:`spectral_norm` registers: the weight divided by the layer's operator norm.
+
+    In training mode each call first takes ``n_power_iterations`` steps of
+    the power iteration on the layer's map with the current weight, updating
+    the buffers ``_u`` (an output map) and ``_v`` (an input map) in place;
+    in eval mode the stored vectors are used as they are. The divisor is
+    ``sigma = <u, A(weight) v>``, differentiable in the weight with ``u`` and
+    ``v`` held fixed, as in Miyato et al. With ``exact=True`` it is
+    :func:`convsv.operator_norm` of the layer instead (no vectors).
+
+    Parameters
+    ----------
+    layer : torch.nn.Module
+        The convolution whose weight it normalises (read once: its options).
+    n_power_iterations : int
+        Power-iteration steps per training-mode call.
+    eps : float
+        Floor of the vectors' norms when they are normalised.
+    input_shape : tuple of int or None
+        The input map the norm is of; ``None``: set later, by ``resize``.
+    exact : bool
+        Divide by :func:`convsv.operator_norm` instead of the estimate.
+
+    Attributes
+    ----------
+    input_shape : tuple of int or None
+        The spatial shape of the layer's input the norm is of (``None``
+        until the first forward pass when :func:`spectral_norm` was not told).
+
+    See Also
+    --------
+    spectral_norm : Registers it on a layer (the way to make one).
+    """
+
+    def __init__(
+        self,
+        layer: Any,
+        n_power_iterations: int,
+        eps: float,
+        input_shape: tuple[int, ...] | None,
+        exact: bool,
+    ) -> None:
+        super().__init__()
+        self.map = LayerMap.of(layer)
+        self.options = conv_options(layer, input_shape)  # refuses the paddings convsv does not model
+        self.in_channels = int(
+            layer.weight.shape[0] if layer.transposed else layer.weight.shape[1] * layer.groups
+        )
+        self.n_power_iterations, self.eps, self.exact = n_power_iterations, eps, exact
+        self.input_shape: tuple[int, ...] | None = None
+        self.register_buffer("_u", None)
+        self.register_buffer("_v", None)
+        self._layer = weakref.ref(layer)
+        self._spec: ConvSpec | None = None
+        self.hook: Any = None  # the forward pre-hook that follows the input size, when there is one
+        if input_shape is not None:
+            self.resize(input_shape, layer.weight)
+
+    # -- the vectors ---------------------------------------------------------------------------------
+
+    def resize(self, input_shape: tuple[int, ...], weight: torch.Tensor) -> None:
+        """Take the norm on another input map: fresh vectors, warmed by 15 steps (as PyTorch's)."""
+        self._spec = conv_spec(tuple(weight.shape), input_shape, **self.options)  # the map must fit the layer
+        self.input_shape = input_shape
+        if self.exact:
+            return
+        with torch.no_grad():
+            v = torch.randn(1, self.in_channels, *input_shape, dtype=weight.dtype, device=weight.device)
+            v = _unit(v, self.eps)
+            self._v, self._u = v, _unit(self.map(v, weight), self.eps)
+        self.power_iteration(weight, 15)
+
+    @torch.no_grad()
+    def power_iteration(self, weight: torch.Tensor, steps: int) -> None:
+        """``steps`` steps of the power iteration on the layer with ``weight``, the vectors updated in place.
+
+        In place, as PyTorch's: ``DataParallel`` replicas share the buffers'
+        storage, and ``DistributedDataParallel`` broadcasts them.
+        """
+        assert self._u is not None
+        assert self._v is not None
+        weight = weight.detach()
+        for _ in range(steps):
+            adjoint = torch.func.vjp(lambda x: self.map(x, weight), self._v)[1]
+            self._v.copy_(_unit(adjoint(self._u)[0], self.eps))
+            self._u.copy_(_unit(self.map(self._v, weight), self.eps))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        # Vectors saved by a layer that had seen its input: take their shapes before loading them.
+        v = state_dict.get(prefix + "_v")
+        if v is not None and (self._v is None or self._v.shape != v.shape):
+            self.input_shape = tuple(int(n) for n in v.shape[2:])
+            self._v, self._u = torch.empty_like(v), torch.empty_like(state_dict[prefix + "_u"])
+            self._spec = None  # built again at the next call, for the loaded map
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    # -- the normalised weight -----------------------------------------------------------------------
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight / sigma``: the layer's operator norm (estimated, or exact with ``exact=True``)."""
+        if self.input_shape is None:
+            msg = (
+                "convsv.torch.spectral_norm: the layer's input size is not known yet; run a forward pass "
+                "first, or pass input_shape= to spectral_norm"
+            )
+            raise RuntimeError(msg)
+        if self._spec is None:
+            self._spec = conv_spec(tuple(weight.shape), self.input_shape, **self.options)
+        sigma: torch.Tensor
+        if self.exact:
+            sigma = norm(weight, self._spec, _namespace(), NormOptions())
+        else:
+            if self.training:
+                self.power_iteration(weight, self.n_power_iterations)
+            assert self._u is not None
+            assert self._v is not None
+            # Clones: the in-place updates of the next call must not change what this graph saw.
+            u, v = self._u.clone(), self._v.clone()
+            sigma = torch.vdot(u.flatten(), self.map(v, weight).flatten())
+        return weight / sigma
+
+    def norm_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Certified lower and upper bounds on the operator norm of the layer as it is now (normalised).
+
+        Returns
+        -------
+        lower : torch.Tensor
+            A 0-d tensor: the lower end of :func:`convsv.operator_norm_bounds`
+            of the layer's current (normalised) weight on ``input_shape``.
+        upper : torch.Tensor
+            The upper end: the Lipschitz constant a certificate may use.
+        """
+        layer = self._layer()
+        if layer is None or self.input_shape is None:
+            msg = "the layer is gone, or its input size is not known yet (run a forward pass first)"
+            raise RuntimeError(msg)
+        with torch.no_grad():
+            weight = layer.weight
+            spec = conv_spec(tuple(weight.shape), self.input_shape, **self.options)
+            return norm_bounds(weight, spec, _namespace(), NormOptions())
+
+
+def _namespace() -> Any:
+    import array_api_compat.torch
+
+    return array_api_compat.torch
+
+
+def spectral_norm(
+    module: nn.Module,
+    name: str = "weight",
+    n_power_iterations: int = 1,
+    eps: float = 1e-12,
+    dim: int | None = None,
+    *,
+    input_shape: Any = None,
+    exact: bool = False,
+) -> nn.Module:
+    """Spectral normalisation of a convolution by its true operator norm (a drop-in for PyTorch's).
+
+    The same parametrization as ``torch.nn.utils.parametrizations.spectral_norm``
+    (Miyato et al., ICLR 2018) -- training mode takes ``n_power_iterations``
+    steps of a warm-started power iteration per forward pass and divides the
+    weight by the estimate, eval mode uses the stored estimate, the vectors
+    are buffers saved with the state dict, and
+    ``torch.nn.utils.parametrize.remove_parametrizations`` undoes it -- but
+    the power iteration runs on the layer's own map, on its input's feature
+    map, not on the kernel reshaped into a matrix. So the layer's operator
+    norm (its Lipschitz constant) is what comes out at 1, with its stride,
+    dilation, groups, zero or circular padding, transposition, in 1-D, 2-D
+    and 3-D. PyTorch's version leaves a convolution's true norm anywhere
+    from below 1 to several times 1.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        A ``Conv1d/2d/3d`` or ``ConvTranspose1d/2d/3d`` (for ``Linear``
+        layers PyTorch's own is already exact).
+    name : str, optional
+        The parameter to normalise: ``"weight"`` (default), the only one.
+    n_power_iterations : int, optional
+        Power-iteration steps per training forward pass (default 1).
+    eps : float, optional
+        Added safety in the vectors' normalisation (default ``1e-12``).
+    dim : None, optional
+        PyTorch's "output dimension" of the reshaped matrix: meaningless
+        for the layer's operator norm, so only ``None`` is accepted.
+    input_shape : int or sequence of int, optional
+        The spatial shape of the layer's input, whose operator norm is
+        normalised. Default: the shape of each forward pass's input (the
+        vectors start afresh, warmed by 15 steps, when it changes).
+    exact : bool, optional
+        Divide by :func:`convsv.operator_norm` of the layer at every forward
+        pass instead of the power iteration's estimate (exact for circular
+        padding, certified within ``tol`` for zero padding): slower, for
+        evaluation or small layers.
+
+    Returns
+    -------
+    torch.nn.Module
+        ``module``, parametrized. ``module.parametrizations.weight[0]`` is
+        the :class:`SpectralNorm`, whose ``norm_bounds()`` certifies the
+        normalised layer's norm.
+
+    Raises
+    ------
+    TypeError
+        If ``module`` is not a convolution, or an option has the wrong type.
+    ValueError
+        For another ``name``, a ``dim``, a padding mode convsv does not model
+        (``"reflect"``, ``"replicate"``, circular padding that is not a
+        circulant map), or an ``input_shape`` that does not fit the layer.
+
+    See Also
+    --------
+    parametrize_operator_norm : Project onto the norm ball instead of dividing.
+
+    Examples
+    --------
+    >>> import torch
+    >>> import convsv
+    >>> from convsv.torch import spectral_norm
+    >>> _ = torch.manual_seed(0)
+    >>> conv = spectral_norm(torch.nn.Conv2d(8, 8, 3, padding=1), input_shape=16)
+    >>> for _ in range(50):  # training steps: each refines the estimate
+    ...     _ = conv(torch.randn(1, 8, 16, 16))
+    >>> lower, upper = conv.parametrizations.weight[0].norm_bounds()
+    >>> bool(abs(upper - 1) < 0.02)
+    True
+    """
+    if not isinstance(module, nn.modules.conv._ConvNd):
+        msg = (
+            f"convsv.torch.spectral_norm normalises convolutions, got {type(module).__name__} "
+            "(for Linear layers torch.nn.utils.parametrizations.spectral_norm is already exact)"
+        )
+        raise TypeError(msg)
+    if name != "weight":
+        msg = f"`name` must be 'weight' (a convolution's kernel), got {name!r}"
+        raise ValueError(msg)
+    if dim is not None:
+        msg = "`dim` must be None: the layer's operator norm does not depend on a reshaping of its kernel"
+        raise ValueError(msg)
+    steps = integer(n_power_iterations, "n_power_iterations")
+    eps = real(eps, "eps", "a positive float", above=0.0)
+    ndim = module.weight.ndim - 2
+    shape = None if input_shape is None else shape_of(input_shape, "input_shape", ndim)
+    normalisation = SpectralNorm(module, steps, eps, shape, bool(exact))
+    if shape is None:
+
+        def follow(layer: Any, args: tuple[Any, ...]) -> None:
+            size = tuple(int(n) for n in args[0].shape[-ndim:])
+            if size != normalisation.input_shape:
+                normalisation.resize(size, layer.parametrizations.weight.original)
+
+        normalisation.hook = module.register_forward_pre_hook(follow)
+    torch.nn.utils.parametrize.register_parametrization(module, "weight", normalisation, unsafe=True)
+    return module
