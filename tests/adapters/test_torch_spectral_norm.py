@@ -6,6 +6,8 @@ matrix, in float64), never from convsv; gradients against finite differences.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -14,7 +16,7 @@ from torch.nn.utils import parametrize
 
 from convsv.torch import SpectralNorm, spectral_norm
 
-from .test_torch import _dense
+from .test_torch import _dense, _run_ranks
 
 LAYERS = {
     "conv2d-zero": (lambda: nn.Conv2d(3, 4, 3, padding=1), (6, 6)),
@@ -144,3 +146,25 @@ def test_the_normalisation_is_a_spectral_norm_parametrization():
 def test_errors(call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+@pytest.mark.slow
+def test_ddp_ranks_agree(tmp_path: Path):
+    """Two gloo ranks whose vectors start apart: DDP broadcasts rank 0's, so the weights stay equal."""
+    _run_ranks("spectral", 2, tmp_path)
+    states = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
+    assert any(key.endswith("_u") for key in states[0])
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
+
+
+def test_torch_compile():
+    torch.manual_seed(0)
+    layer = spectral_norm(nn.Conv2d(3, 4, 3, padding=1), input_shape=8)
+    reference = spectral_norm(nn.Conv2d(3, 4, 3, padding=1), input_shape=8)
+    reference.load_state_dict(layer.state_dict())
+    compiled = torch.compile(layer, backend="eager")  # the graph capture, without a C++ compiler
+    x = torch.randn(2, 3, 8, 8)
+    for _ in range(3):
+        torch.testing.assert_close(compiled(x), reference(x))
+    assert torch._dynamo.explain(layer)(x).graph_break_count == 0  # one graph: the vectors' steps included

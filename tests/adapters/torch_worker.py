@@ -7,6 +7,9 @@
   attached every 2 steps; saves the final state dict to ``OUT_DIR/rank{RANK}.pt``.
 - ``fsdp``: shards the model with FSDP2's ``fully_shard`` and writes the error
   :func:`~convsv.torch.clip_operator_norm_` raises to ``OUT_DIR/rank{RANK}.txt``.
+- ``spectral``: the same CNN with :func:`~convsv.torch.spectral_norm` on both convolutions, each
+  rank seeded differently before the vectors are made (DDP must make them agree), trained in
+  ``DistributedDataParallel``; saves the final state dict.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from convsv.torch import OperatorNormClipper, clip_operator_norm_
+from convsv.torch import OperatorNormClipper, clip_operator_norm_, spectral_norm
 
 
 def model() -> nn.Module:
@@ -49,10 +52,15 @@ def main(mode: str, rank: int, world: int, init_file: str, out: Path) -> None:
             except TypeError as error:
                 (out / f"rank{rank}.txt").write_text(str(error))
             return
+        if mode == "spectral":
+            torch.manual_seed(rank)  # different starting vectors on each rank
+            spectral_norm(net[0], input_shape=8)
+            spectral_norm(net[2], input_shape=8)
         ddp = nn.parallel.DistributedDataParallel(net)
         optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05)
-        clipper = OperatorNormClipper(ddp, 1.0, every=2, method="extrapolated", iterations=50, tol=1e-5)
-        clipper.attach(optimizer)
+        if mode == "ddp":
+            clipper = OperatorNormClipper(ddp, 1.0, every=2, method="extrapolated", iterations=50, tol=1e-5)
+            clipper.attach(optimizer)
         generator = torch.Generator().manual_seed(100 + rank)  # different data on each rank
         for _ in range(6):
             x = torch.randn(8, 1, 8, 8, generator=generator)
