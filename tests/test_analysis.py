@@ -33,6 +33,8 @@ def test_summarize_of_a_singular_layer():
     assert stats["condition_number"] == float("inf")
     assert stats["stable_rank"] == 0.0
     assert stats["singular_values_at_least_one"] == 0
+    with pytest.raises(ValueError, match="`values` is empty"):
+        summarize(np.zeros(0))
 
 
 def test_plot_spectra_writes_the_figure(backend, tmp_path):

@@ -42,6 +42,11 @@ def summarize(values: Any) -> dict[str, Any]:
         ``singular_values_at_least_one``. The keys are those of the
         command's JSON rows.
 
+    Raises
+    ------
+    ValueError
+        If ``values`` is empty.
+
     Examples
     --------
     >>> import numpy as np, convsv
@@ -53,6 +58,9 @@ def summarize(values: Any) -> dict[str, Any]:
     import numpy as np
 
     s = np.sort(np.ravel(to_host(values)))[::-1]
+    if s.size == 0:
+        msg = "`values` is empty: a layer has at least one singular value"
+        raise ValueError(msg)
     largest, smallest = float(s[0]), float(s[-1])
     return {
         "singular_value_count": int(s.size),

@@ -3,8 +3,8 @@
 ``convsv analyze [MODEL]`` reports the exact spectra of a model's
 convolutions (PyTorch, safetensors, Keras, ONNX or ``.npz`` files); with no
 file it analyses a small CNN trained on scikit-learn's digits that ships with
-the package. ``convsv spectrum [KERNEL.npy] --input-size H W`` summarises one
-kernel's spectrum.
+the package. ``convsv spectrum [KERNEL.npy] --input-size H W`` reports one
+kernel's layer the same way, as a model of one layer.
 
 Exit status: 0 on success, 1 when a model cannot be read or analysed, 2 for
 a malformed command line. On failure only the error is written.
@@ -221,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "analyze":
             return _analyze(args)
-        return _report(*_one_layer(args), args.kernel or "example kernel")
+        return _report(_one_layer(args), args, args.kernel or "example kernel")
     except ModelError as err:
         print(f"convsv {args.command}: error: {err}", file=sys.stderr)
         return 1
@@ -234,7 +234,7 @@ class UsageError(Exception):
     """A ``convsv spectrum`` argument that does not fit the kernel: a command-line error (status 2)."""
 
 
-def _one_layer(args: argparse.Namespace) -> tuple[Model, argparse.Namespace]:
+def _one_layer(args: argparse.Namespace) -> Model:
     """``convsv spectrum``: the kernel and layer of the command line, as a one-layer model."""
     import numpy as np
 
@@ -267,7 +267,7 @@ def _one_layer(args: argparse.Namespace) -> tuple[Model, argparse.Namespace]:
     layer = ConvLayer(
         Path(args.kernel).stem if args.kernel else "example", kernel, args.layout, options, shape
     )
-    return Model(source, "NumPy .npy" if args.kernel else "built-in", [layer]), args
+    return Model(source, "NumPy .npy" if args.kernel else "built-in", [layer])
 
 
 if __name__ == "__main__":  # pragma: no cover
