@@ -74,6 +74,10 @@ class LayerMap:
         return convolve(x, weight, None, self.stride, self.padding, self.dilation, self.groups)  # type: ignore[no-any-return]
 
 
+#: Steps that bring the vectors up to date when an eval-mode pass finds the weights moved since.
+REFRESH_STEPS = 15
+
+
 def _unit(x: torch.Tensor, eps: float) -> torch.Tensor:
     return x / torch.clamp(torch.linalg.vector_norm(x), min=eps)
 
@@ -93,7 +97,9 @@ class SpectralNorm(nn.Module):
     the power iteration (locally optimal: :meth:`power_iteration`) on the
     layer's map with the current weight, updating the buffers ``_u`` (an
     output map), ``_v`` (an input map) and ``_p`` (the last step) in place;
-    in eval mode the stored vectors are used as they are. The divisor is
+    in eval mode the stored vectors are used, first brought up to date
+    (:data:`REFRESH_STEPS` steps, once) if the weights changed since the last
+    training pass -- as they do at the optimizer's step. The divisor is
     ``sigma = <u, A(weight) v>``, differentiable in the weight with ``u`` and
     ``v`` held fixed, as in Miyato et al. With ``exact=True`` it is
     :func:`convsv.operator_norm` of the layer instead (no vectors).
@@ -144,6 +150,7 @@ class SpectralNorm(nn.Module):
         self._layer = weakref.ref(layer)
         self._spec: ConvSpec | None = None
         self.hook: Any = None  # the forward pre-hook that follows the input size, when there is one
+        self._updated_at: int | None = None  # the weight's version when the vectors were last updated
         if input_shape is not None:
             self.resize(input_shape, layer.weight)
 
@@ -229,6 +236,12 @@ class SpectralNorm(nn.Module):
         else:
             if self.training:
                 self.power_iteration(weight, self.n_power_iterations)
+                self._updated_at = weight._version
+            elif self._updated_at is not None and weight._version != self._updated_at:
+                # The weights moved since the last training pass (the optimizer's step): evaluate the
+                # layer as it is, with vectors brought up to date once.
+                self.power_iteration(weight, REFRESH_STEPS)
+                self._updated_at = weight._version
             assert self._u is not None
             assert self._v is not None
             # Clones: the in-place updates of the next call must not change what this graph saw.
