@@ -94,11 +94,11 @@ class SpectralNorm(nn.Module):
     """The parametrization :func:`spectral_norm` registers: the weight divided by the layer's operator norm.
 
     In training mode each call first takes ``n_power_iterations`` steps of
-    the power iteration (locally optimal: :meth:`power_iteration`) on the
+    the power iteration (locally optimal: ``power_iteration``) on the
     layer's map with the current weight, updating the buffers ``_u`` (an
     output map), ``_v`` (an input map) and ``_p`` (the last step) in place;
     in eval mode the stored vectors are used, first brought up to date
-    (:data:`REFRESH_STEPS` steps, once) if the weights changed since the last
+    (``REFRESH_STEPS`` steps, once) if the weights changed since the last
     training pass -- as they do at the optimizer's step. The divisor is
     ``sigma = <u, A(weight) v>``, differentiable in the weight with ``u`` and
     ``v`` held fixed, as in Miyato et al. With ``exact=True`` it is
