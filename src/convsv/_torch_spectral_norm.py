@@ -13,7 +13,6 @@ transposes of each other whatever the options.
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from typing import Any
 
 import torch
@@ -128,6 +127,8 @@ class SpectralNorm(nn.Module):
     spectral_norm : Registers it on a layer (the way to make one).
     """
 
+    _weight: torch.Tensor
+
     def __init__(
         self,
         layer: Any,
@@ -147,9 +148,11 @@ class SpectralNorm(nn.Module):
         self.register_buffer("_u", None)
         self.register_buffer("_v", None)
         self.register_buffer("_p", None)
-        self._layer = weakref.ref(layer)
+        # The layer's weight, which becomes the parametrization's `original` (not registered here: it is
+        # the layer's parameter; a deep copy of the layer copies this reference along with it).
+        object.__setattr__(self, "_weight", layer.weight)
         self._spec: ConvSpec | None = None
-        self.hook: Any = None  # the forward pre-hook that follows the input size, when there is one
+        self.follows = input_shape is None  # whether the input size is taken from each forward pass
         self._updated_at: int | None = None  # the weight's version when the vectors were last updated
         if input_shape is not None:
             self.resize(input_shape, layer.weight)
@@ -228,12 +231,7 @@ class SpectralNorm(nn.Module):
                 "first, or pass input_shape= to spectral_norm"
             )
             raise RuntimeError(msg)
-        if self._spec is None:
-            self._spec = conv_spec(tuple(weight.shape), self.input_shape, **self.options)
-        sigma: torch.Tensor
-        if self.exact:
-            sigma = norm(weight, self._spec, _namespace(), NormOptions())
-        else:
+        if not self.exact:
             if self.training:
                 self.power_iteration(weight, self.n_power_iterations)
                 self._updated_at = weight._version
@@ -242,12 +240,23 @@ class SpectralNorm(nn.Module):
                 # layer as it is, with vectors brought up to date once.
                 self.power_iteration(weight, REFRESH_STEPS)
                 self._updated_at = weight._version
-            assert self._u is not None
-            assert self._v is not None
-            # Clones: the in-place updates of the next call must not change what this graph saw.
-            u, v = self._u.clone(), self._v.clone()
-            sigma = torch.vdot(u.flatten(), self.map(v, weight).flatten())
-        return weight / sigma
+        return weight / self._divisor(weight)
+
+    def _divisor(self, weight: torch.Tensor) -> torch.Tensor:
+        """``<u, A(weight) v>``, differentiable in ``weight`` (or the exact norm).
+
+        The stored vectors are cloned: later in-place steps must not change what this graph saw.
+        """
+        if self._spec is None:
+            assert self.input_shape is not None
+            self._spec = conv_spec(tuple(weight.shape), self.input_shape, **self.options)
+        if self.exact:
+            exact: torch.Tensor = norm(weight, self._spec, _namespace(), NormOptions())
+            return exact
+        assert self._u is not None
+        assert self._v is not None
+        u, v = self._u.clone(), self._v.clone()
+        return torch.vdot(u.flatten(), self.map(v, weight).flatten())
 
     def norm_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Certified lower and upper bounds on the operator norm of the layer as it is now (normalised).
@@ -260,14 +269,27 @@ class SpectralNorm(nn.Module):
         upper : torch.Tensor
             The upper end: the Lipschitz constant a certificate may use.
         """
-        layer = self._layer()
-        if layer is None or self.input_shape is None:
-            msg = "the layer is gone, or its input size is not known yet (run a forward pass first)"
+        if self.input_shape is None:
+            msg = "the layer's input size is not known yet: run a forward pass first"
             raise RuntimeError(msg)
-        with torch.no_grad():
-            weight = layer.weight
+        with torch.no_grad():  # the weight as the layer uses it now, the vectors left as they are
+            weight = self._weight / self._divisor(self._weight)
             spec = conv_spec(tuple(weight.shape), self.input_shape, **self.options)
             return norm_bounds(weight, spec, _namespace(), NormOptions())
+
+
+def _follow_input_size(layer: Any, args: tuple[Any, ...]) -> None:
+    """The forward pre-hook of a layer normalised without ``input_shape``: take the norm on this input.
+
+    It looks up the layer's own normalisation at each call (a deep copy of the layer, whose hooks are
+    the same function, finds its copy), and does nothing once ``remove_parametrizations`` took it off.
+    """
+    weight: Any = getattr(getattr(layer, "parametrizations", None), "weight", None)
+    for part in weight or ():
+        if isinstance(part, SpectralNorm) and part.follows:
+            size = tuple(int(n) for n in args[0].shape[-(weight.original.ndim - 2) :])
+            if size != part.input_shape:
+                part.resize(size, weight.original)
 
 
 def _namespace() -> Any:
@@ -376,12 +398,6 @@ def spectral_norm(
     shape = None if input_shape is None else shape_of(input_shape, "input_shape", ndim)
     normalisation = SpectralNorm(module, steps, eps, shape, bool(exact))
     if shape is None:
-
-        def follow(layer: Any, args: tuple[Any, ...]) -> None:
-            size = tuple(int(n) for n in args[0].shape[-ndim:])
-            if size != normalisation.input_shape:
-                normalisation.resize(size, layer.parametrizations.weight.original)
-
-        normalisation.hook = module.register_forward_pre_hook(follow)
+        module.register_forward_pre_hook(_follow_input_size)
     torch.nn.utils.parametrize.register_parametrization(module, "weight", normalisation, unsafe=True)
     return module

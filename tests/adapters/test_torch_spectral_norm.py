@@ -125,6 +125,34 @@ def test_remove_parametrizations_keeps_the_normalised_weight():
     assert _true_norm(layer, (8, 8)) == pytest.approx(1.0, rel=2e-3)
 
 
+def test_a_removed_normalisation_stops_following_the_input_size():
+    layer = spectral_norm(nn.Conv2d(3, 4, 3, padding=1))
+    layer(torch.randn(1, 3, 8, 8))
+    layer.eval()
+    parametrize.remove_parametrizations(layer, "weight")
+    weight = layer.weight.detach().clone()
+    layer(torch.randn(1, 3, 5, 6))  # another size: the hook finds no normalisation to resize
+    torch.testing.assert_close(layer.weight.detach(), weight)
+
+
+def test_a_deep_copy_is_a_layer_of_its_own():
+    """An EMA copy (copy.deepcopy): its hook resizes its own vectors, its bounds read its own weight."""
+    import copy
+
+    torch.manual_seed(0)
+    layer = spectral_norm(nn.Conv2d(3, 4, 3, padding=1), n_power_iterations=20)
+    layer(torch.randn(1, 3, 8, 8))
+    twin = copy.deepcopy(layer)
+    mine, theirs = layer.parametrizations.weight[0], twin.parametrizations.weight[0]
+    assert theirs._weight is twin.parametrizations.weight.original
+    with torch.no_grad():
+        twin.parametrizations.weight.original.mul_(-3.0).add_(0.1)  # another kernel altogether
+    for _ in range(20):
+        twin(torch.randn(1, 3, 6, 6))
+    assert (mine.input_shape, theirs.input_shape) == ((8, 8), (6, 6))
+    assert _true_norm(twin, (6, 6)) == pytest.approx(float(theirs.norm_bounds()[0]), rel=1e-4)
+
+
 def test_the_input_size_is_followed():
     torch.manual_seed(0)
     layer = spectral_norm(nn.Conv2d(3, 4, 3, padding=1), n_power_iterations=20)
