@@ -22,6 +22,7 @@ _AVAILABLE = {
     "torch": not _missing("torch"),
     "keras": _KERAS_OK,
     "optax": not any(_missing(module) for module in ("optax", "flax", "equinox")),
+    "equinox": not any(_missing(module) for module in ("equinox", "optax")),
 }
 _REQUIRED = os.environ.get("CONVSV_REQUIRE_ADAPTERS") == "1"
 # The private modules that hold part of a public adapter, with doctests that need its framework.

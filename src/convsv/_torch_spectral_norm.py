@@ -24,6 +24,7 @@ from ._checks import shape as shape_of
 from ._frameworks.torch import conv_options
 from ._layout import ConvSpec, conv_spec
 from ._options import NormOptions
+from ._power_steps import locally_optimal_step, unit
 from ._values import norm, norm_bounds
 
 
@@ -75,18 +76,6 @@ class LayerMap:
 
 #: Steps that bring the vectors up to date when an eval-mode pass finds the weights moved since.
 REFRESH_STEPS = 15
-
-
-def _unit(x: torch.Tensor, eps: float) -> torch.Tensor:
-    return x / torch.clamp(torch.linalg.vector_norm(x), min=eps)
-
-
-def _orthonormal(x: torch.Tensor, basis: list[torch.Tensor], eps: float) -> torch.Tensor:
-    """``x`` orthogonalised against the orthonormal ``basis`` (twice: classical Gram-Schmidt), unit."""
-    for _ in range(2):
-        for q in basis:
-            x = x - torch.vdot(q.flatten(), x.flatten()) * q
-    return _unit(x, eps)
 
 
 class SpectralNorm(nn.Module):
@@ -167,24 +156,26 @@ class SpectralNorm(nn.Module):
             return
         with torch.no_grad():
             v = torch.randn(1, self.in_channels, *input_shape, dtype=weight.dtype, device=weight.device)
-            v = _unit(v, self.eps)
-            self._v, self._u, self._p = v, _unit(self.map(v, weight), self.eps), torch.zeros_like(v)
+            v = unit(v, self.eps, _namespace())
+            self._v, self._u, self._p = (
+                v,
+                unit(self.map(v, weight), self.eps, _namespace()),
+                torch.zeros_like(v),
+            )
         self.power_iteration(weight, 15)
 
     @torch.no_grad()
     def power_iteration(self, weight: torch.Tensor, steps: int) -> None:
         """``steps`` locally optimal steps on the layer with ``weight``, the vectors updated in place.
 
-        Each step is a power step made locally optimal (Knyazev's LOBPCG for
-        the largest eigenvalue of ``A^T A``): the next ``v`` is the best unit
-        vector, by Rayleigh-Ritz, in the span of ``v``, the power step's
-        residual ``A^T A v - rho v`` and the previous step's direction
-        ``_p``. A convolution's top singular values lie close together,
-        where a plain power step gains little; this one tracks the norm more
-        closely (under a loss that pushes the norm up, the training passes'
-        true norms fell from 1.05-1.12 with power steps to 1.02-1.10) for five
-        of the layer's convolutions of one sample where a power step takes
-        three.
+        Each step is a power step made locally optimal
+        (:func:`convsv._power_steps.locally_optimal_step`: LOBPCG on ``A^T A``
+        with the previous direction ``_p``). A convolution's top singular
+        values lie close together, where a plain power step gains little; this
+        one tracks the norm more closely (under a loss that pushes the norm up,
+        the training passes' true norms fell from 1.05-1.12 with power steps to
+        1.02-1.10) for five of the layer's convolutions of one sample where a
+        power step takes three.
 
         In place, as PyTorch's: ``DataParallel`` replicas share the buffers'
         storage, and ``DistributedDataParallel`` broadcasts them.
@@ -193,24 +184,17 @@ class SpectralNorm(nn.Module):
         assert self._v is not None
         assert self._p is not None
         weight = weight.detach()
+
+        def apply(x: torch.Tensor) -> torch.Tensor:
+            return self.map(x, weight)
+
         for _ in range(steps):
-            v = self._v
-            image, adjoint, *_ = torch.func.vjp(lambda x: self.map(x, weight), v)
-            gram = adjoint(image)[0]  # A^T A v
-            rho = torch.vdot(v.flatten(), gram.flatten())
-            residual = gram - rho * v
-            # An orthonormal basis [v, q1, q2] (Gram-Schmidt twice; a vanishing residual or direction
-            # leaves a tiny vector, harmless to Rayleigh-Ritz), and its images under the layer.
-            q1 = _orthonormal(residual, [v], self.eps)
-            q2 = _orthonormal(self._p, [v, q1], self.eps)
-            images = torch.cat([image, self.map(torch.cat([q1, q2]), weight)]).flatten(1)
-            _, vectors = torch.linalg.eigh(images @ images.T)
-            c = vectors[:, -1]  # the largest Ritz value's
-            new = c[0] * v + c[1] * q1 + c[2] * q2
-            scale = torch.clamp(torch.linalg.vector_norm(new), min=self.eps)
-            self._p.copy_((c[1] * q1 + c[2] * q2) / scale)  # the step taken, orthogonal to v
-            self._v.copy_(new / scale)
-            self._u.copy_(_unit((c @ images).reshape(image.shape), self.eps))
+            u, v, p = locally_optimal_step(
+                self._v, self._p, apply, lambda x: torch.func.vjp(apply, x), self.eps, _namespace()
+            )
+            self._u.copy_(u)
+            self._v.copy_(v)
+            self._p.copy_(p)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # Vectors saved by a layer that had seen its input: take their shapes before loading them.

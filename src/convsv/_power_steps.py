@@ -1,0 +1,69 @@
+"""The spectral normalisations' tracker: locally optimal power steps on a layer's own map.
+
+One step, written once over the array API for every framework's normalisation: the layer is
+given as ``apply`` (its linear map) and ``vjp`` (its map and adjoint at a point, as
+``torch.func.vjp`` and ``jax.vjp`` return them), so the two are exact transposes whatever the
+layer's options.
+
+Each step is a power step made locally optimal (Knyazev's LOBPCG for the largest eigenvalue of
+``A^T A``): the next ``v`` is the best unit vector, by Rayleigh-Ritz, in the span of ``v``, the
+power step's residual ``A^T A v - rho v`` and the previous step's direction ``p``. A
+convolution's top singular values lie close together, where a plain power step gains little.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from ._lib import Array, Namespace
+
+
+def unit(x: Array, eps: float, xp: Namespace) -> Array:
+    """``x / max(||x||, eps)``."""
+    return x / xp.maximum(xp.linalg.vector_norm(x), xp.asarray(eps, dtype=x.dtype))
+
+
+def _dot(a: Array, b: Array, xp: Namespace) -> Array:
+    return xp.sum(a * b)
+
+
+def _orthonormal(x: Array, basis: list[Array], eps: float, xp: Namespace) -> Array:
+    """``x`` orthogonalised against the orthonormal ``basis`` (twice: classical Gram-Schmidt), unit.
+
+    A vanishing ``x`` leaves a tiny vector, harmless to the Rayleigh-Ritz step that follows.
+    """
+    for _ in range(2):
+        for q in basis:
+            x = x - _dot(q, x, xp) * q
+    return unit(x, eps, xp)
+
+
+def locally_optimal_step(
+    v: Array,
+    p: Array,
+    apply: Callable[[Array], Array],
+    vjp: Callable[[Array], tuple[Any, ...]],
+    eps: float,
+    xp: Namespace,
+) -> tuple[Array, Array, Array]:
+    """One step from the unit input map ``v`` (shape ``(1, ...)``) and the last direction ``p``.
+
+    Returns ``(u, v, p)``: the unit image of the new ``v``, the new unit ``v``, and the step
+    taken (orthogonal to the old ``v``), the next call's ``p``. Five maps of one sample: the
+    ``vjp`` (a map and its adjoint) and ``apply`` on two more.
+    """
+    image, adjoint = vjp(v)[:2]
+    gram = adjoint(image)[0]  # A^T A v
+    residual = gram - _dot(v, gram, xp) * v
+    q1 = _orthonormal(residual, [v], eps, xp)
+    q2 = _orthonormal(p, [v, q1], eps, xp)
+    shape = image.shape
+    images = xp.concat([image, apply(xp.concat([q1, q2]))])
+    images = xp.reshape(images, (3, -1))
+    _, vectors = xp.linalg.eigh(images @ xp.matrix_transpose(images))
+    c = vectors[:, -1]  # the largest Ritz value's
+    new = c[0] * v + c[1] * q1 + c[2] * q2
+    scale = xp.maximum(xp.linalg.vector_norm(new), xp.asarray(eps, dtype=new.dtype))
+    u = unit(xp.reshape(c @ images, shape), eps, xp)
+    return u, new / scale, (c[1] * q1 + c[2] * q2) / scale
