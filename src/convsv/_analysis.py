@@ -160,7 +160,11 @@ def layer_row(layer: ConvLayer, spec: ConvSpec, kernel: Any) -> tuple[dict[str, 
     if spec.circular:
         norm, bounds, circular = stats["largest_singular_value"], None, stats["largest_singular_value"]
     else:  # the layer's own norm (Lanczos, certified within tol) and the circular twin's, above it
-        lower, upper = (float(to_host(b)) for b in _values.norm_bounds(kernel, spec, xp, NormOptions()))
+        if whose == TWIN:  # the twin's spectrum is at hand: its largest value is the upper bound
+            lower = float(to_host(_values.norm(kernel, spec, xp, NormOptions())))
+            upper = stats["largest_singular_value"]
+        else:
+            lower, upper = (float(to_host(b)) for b in _values.norm_bounds(kernel, spec, xp, NormOptions()))
         norm, bounds, circular = lower, [lower, upper], upper
     # A singular layer's condition number is infinite, which JSON cannot hold: null ("-" in tables).
     condition = stats["condition_number"]

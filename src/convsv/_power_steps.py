@@ -1,9 +1,9 @@
 """The spectral normalisations' tracker: locally optimal power steps on a layer's own map.
 
 One step, written once over the array API for every framework's normalisation: the layer is
-given as ``apply`` (its linear map) and ``vjp`` (its map and adjoint at a point, as
-``torch.func.vjp`` and ``jax.vjp`` return them), so the two are exact transposes whatever the
-layer's options.
+given as ``apply`` (its linear map) and the framework's ``vjp`` (``torch.func.vjp``,
+``jax.vjp``), which gives the map's adjoint, so the two are exact transposes whatever the layer's
+options.
 
 Each step is a power step made locally optimal (Knyazev's LOBPCG for the largest eigenvalue of
 ``A^T A``): the next ``v`` is the best unit vector, by Rayleigh-Ritz, in the span of ``v``, the
@@ -17,6 +17,10 @@ from collections.abc import Callable
 from typing import Any
 
 from ._lib import Array, Namespace
+
+#: Steps that warm fresh vectors, and that bring stored ones up to date when an evaluation finds the
+#: weight moved since they were last stepped.
+WARM_STEPS = 15
 
 
 def unit(x: Array, eps: float, xp: Namespace) -> Array:
@@ -43,17 +47,18 @@ def locally_optimal_step(
     v: Array,
     p: Array,
     apply: Callable[[Array], Array],
-    vjp: Callable[[Array], tuple[Any, ...]],
+    vjp: Callable[..., tuple[Any, ...]],
     eps: float,
     xp: Namespace,
 ) -> tuple[Array, Array, Array]:
     """One step from the unit input map ``v`` (shape ``(1, ...)``) and the last direction ``p``.
 
     Returns ``(u, v, p)``: the unit image of the new ``v``, the new unit ``v``, and the step
-    taken (orthogonal to the old ``v``), the next call's ``p``. Five maps of one sample: the
-    ``vjp`` (a map and its adjoint) and ``apply`` on two more.
+    taken (orthogonal to the old ``v``), the next call's ``p``. ``vjp(apply, v)`` must return the
+    image and a function of the cotangent, as ``torch.func.vjp`` and ``jax.vjp`` do. Five maps of
+    one sample: the ``vjp`` (a map and its adjoint) and ``apply`` on two more.
     """
-    image, adjoint = vjp(v)[:2]
+    image, adjoint = vjp(apply, v)[:2]
     gram = adjoint(image)[0]  # A^T A v
     residual = gram - _dot(v, gram, xp) * v
     q1 = _orthonormal(residual, [v], eps, xp)

@@ -24,7 +24,7 @@ from ._checks import shape as shape_of
 from ._frameworks.torch import conv_options
 from ._layout import ConvSpec, conv_spec
 from ._options import NormOptions
-from ._power_steps import locally_optimal_step, unit
+from ._power_steps import WARM_STEPS, locally_optimal_step, unit
 from ._values import norm, norm_bounds
 
 
@@ -74,10 +74,6 @@ class LayerMap:
         return convolve(x, weight, None, self.stride, self.padding, self.dilation, self.groups)  # type: ignore[no-any-return]
 
 
-#: Steps that bring the vectors up to date when an eval-mode pass finds the weights moved since.
-REFRESH_STEPS = 15
-
-
 class SpectralNorm(nn.Module):
     """The parametrization :func:`spectral_norm` registers: the weight divided by the layer's operator norm.
 
@@ -86,7 +82,7 @@ class SpectralNorm(nn.Module):
     layer's map with the current weight, updating the buffers ``_u`` (an
     output map), ``_v`` (an input map) and ``_p`` (the last step) in place;
     in eval mode the stored vectors are used, first brought up to date
-    (``REFRESH_STEPS`` steps, once) if the weights changed since the last
+    (``WARM_STEPS`` steps, once) if the weights changed since the last
     training pass -- as they do at the optimizer's step. The divisor is
     ``sigma = <u, A(weight) v>``, differentiable in the weight with ``u`` and
     ``v`` held fixed, as in Miyato et al. With ``exact=True`` it is
@@ -149,7 +145,7 @@ class SpectralNorm(nn.Module):
     # -- the vectors ---------------------------------------------------------------------------------
 
     def resize(self, input_shape: tuple[int, ...], weight: torch.Tensor) -> None:
-        """Take the norm on another input map: fresh vectors, warmed by 15 steps (as PyTorch's)."""
+        """Take the norm on another input map: fresh vectors, warmed by ``WARM_STEPS`` (15, as PyTorch's)."""
         self._spec = conv_spec(tuple(weight.shape), input_shape, **self.options)  # the map must fit the layer
         self.input_shape = input_shape
         if self.exact:
@@ -162,7 +158,7 @@ class SpectralNorm(nn.Module):
                 unit(self.map(v, weight), self.eps, _namespace()),
                 torch.zeros_like(v),
             )
-        self.power_iteration(weight, 15)
+        self.power_iteration(weight, WARM_STEPS)
 
     @torch.no_grad()
     def power_iteration(self, weight: torch.Tensor, steps: int) -> None:
@@ -189,9 +185,7 @@ class SpectralNorm(nn.Module):
             return self.map(x, weight)
 
         for _ in range(steps):
-            u, v, p = locally_optimal_step(
-                self._v, self._p, apply, lambda x: torch.func.vjp(apply, x), self.eps, _namespace()
-            )
+            u, v, p = locally_optimal_step(self._v, self._p, apply, torch.func.vjp, self.eps, _namespace())
             self._u.copy_(u)
             self._v.copy_(v)
             self._p.copy_(p)
@@ -223,7 +217,7 @@ class SpectralNorm(nn.Module):
             elif self._updated_at is not None and weight._version != self._updated_at:
                 # The weights moved since the last training pass (the optimizer's step): evaluate the
                 # layer as it is, with vectors brought up to date once.
-                self.power_iteration(weight, REFRESH_STEPS)
+                self.power_iteration(weight, WARM_STEPS)
                 self._updated_at = weight._version
         return weight / self._divisor(weight)
 

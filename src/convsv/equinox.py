@@ -20,15 +20,11 @@ import jax.numpy as jnp
 
 from ._checks import integer, real
 from ._checks import shape as shape_of
-from ._frameworks.equinox import conv_options
-from ._frameworks.jax import padtype_pads
-from ._layout import dilated_spans
-from ._power_steps import locally_optimal_step, unit
+from ._frameworks.equinox import conv_options, explicit_pads
+from ._power_steps import WARM_STEPS, locally_optimal_step, unit
 
 __all__ = ["SpectralNorm"]
 
-#: Steps that warm fresh vectors, and that bring them up to date in inference when the weight moved.
-WARM_STEPS = 15
 _NUMBERS = {1: ("NCH", "OIH", "NCH"), 2: ("NCHW", "OIHW", "NCHW"), 3: ("NCDHW", "OIDHW", "NCDHW")}
 
 
@@ -70,7 +66,7 @@ def _steps(
 
     u, v, p = vectors
     for _ in range(steps):
-        u, v, p = locally_optimal_step(v, p, apply, lambda x: jax.vjp(apply, x), eps, jnp)
+        u, v, p = locally_optimal_step(v, p, apply, jax.vjp, eps, jnp)
     return u, v, p
 
 
@@ -157,16 +153,11 @@ class SpectralNorm(eqx.Module):
             raise TypeError(msg)
         shape = shape_of(input_shape, "input_shape", layer.num_spatial_dims)
         conv_options(layer, shape)  # refuses the padding modes convsv does not model
-        spans = dilated_spans(layer.kernel_size, layer.dilation)
-        if isinstance(layer.padding, str):
-            pads = padtype_pads(shape, spans, layer.stride, layer.padding)
-        else:
-            pads = [(int(a), int(b)) for a, b in layer.padding]
         self.layer = layer
         self.map = LayerMap(
             ndim=layer.num_spatial_dims,
             stride=tuple(layer.stride),
-            pads=tuple((int(a), int(b)) for a, b in pads),
+            pads=explicit_pads(layer, shape),
             dilation=tuple(layer.dilation),
             groups=int(layer.groups),
             circular=layer.padding_mode == "CIRCULAR",

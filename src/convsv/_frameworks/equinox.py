@@ -32,6 +32,17 @@ def kernel_shape(layer: Any) -> tuple[int, ...]:
     return tuple(layer.weight.shape)
 
 
+def explicit_pads(layer: Any, input_shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """The Conv's padding on an ``input_shape`` map as ``(before, after)`` per axis (zeros or wrapped).
+
+    ``"SAME"``, ``"SAME_LOWER"`` and ``"VALID"`` are worked out as ``jax.lax`` does.
+    """
+    if isinstance(layer.padding, str):
+        spans = dilated_spans(layer.kernel_size, layer.dilation)
+        return tuple(padtype_pads(input_shape, spans, layer.stride, layer.padding))
+    return tuple((int(a), int(b)) for a, b in layer.padding)
+
+
 def conv_options(layer: Any, input_shape: tuple[int, ...]) -> dict[str, Any]:
     """Equinox Conv on an ``input_shape`` map: ``layout``, ``stride``, ``dilation``, ``groups``, ``padding``.
 
@@ -49,10 +60,7 @@ def conv_options(layer: Any, input_shape: tuple[int, ...]) -> dict[str, Any]:
     """
     stride, dilation = tuple(layer.stride), tuple(layer.dilation)
     spans = dilated_spans(layer.kernel_size, dilation)
-    if isinstance(layer.padding, str):
-        pads = padtype_pads(input_shape, spans, stride, layer.padding)
-    else:
-        pads = [(int(a), int(b)) for a, b in layer.padding]
+    pads = explicit_pads(layer, input_shape)
     options = {
         "layout": LAYOUTS[layer.num_spatial_dims],
         "stride": stride,
