@@ -167,10 +167,8 @@ class SpectralNorm(nn.Module):
         Each step is a power step made locally optimal
         (:func:`convsv._power_steps.locally_optimal_step`: LOBPCG on ``A^T A``
         with the previous direction ``_p``). A convolution's top singular
-        values lie close together, where a plain power step gains little; this
-        one tracks the norm more closely (under a loss that pushes the norm up,
-        the training passes' true norms fell from 1.05-1.12 with power steps to
-        1.02-1.10) for five of the layer's convolutions of one sample where a
+        values lie close together, where a plain power step gains little. A
+        step costs five of the layer's convolutions of one sample where a
         power step takes three.
 
         In place, as PyTorch's: ``DataParallel`` replicas share the buffers'
