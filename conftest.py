@@ -26,7 +26,11 @@ _AVAILABLE = {
 }
 _REQUIRED = os.environ.get("CONVSV_REQUIRE_ADAPTERS") == "1"
 # The private modules that hold part of a public adapter, with doctests that need its framework.
-_ADAPTER_PARTS = {"keras": ["_keras_constraint"], "optax": ["_jax_layers"], "torch": ["_torch_spectral_norm"]}
+_ADAPTER_PARTS = {
+    "keras": ["_keras_constraint", "_keras_spectral_norm"],
+    "optax": ["_jax_layers"],
+    "torch": ["_torch_spectral_norm"],
+}
 # Each adapter's test modules (test_torch.py, test_torch_spectral_norm.py, ...) and sources.
 ADAPTER_FILES = {
     name: [f"tests/adapters/test_{name}*.py"]

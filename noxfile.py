@@ -22,6 +22,7 @@ environment.
 
 from __future__ import annotations
 
+import glob
 import subprocess
 from pathlib import Path
 
@@ -77,13 +78,17 @@ ADAPTERS = {
 
 
 # The private modules that hold part of a public adapter, with doctests that need its framework.
-ADAPTER_PARTS = {"keras": ["_keras_constraint"], "optax": ["_jax_layers"], "torch": ["_torch_spectral_norm"]}
+ADAPTER_PARTS = {
+    "keras": ["_keras_constraint", "_keras_spectral_norm"],
+    "optax": ["_jax_layers"],
+    "torch": ["_torch_spectral_norm"],
+}
 
 
 def _adapter_files(module: str) -> list[str]:
     """An adapter's tests and the sources whose doctests need its framework (as conftest.py says)."""
     sources = [f"src/convsv/{name}.py" for name in (module, *ADAPTER_PARTS.get(module, []))]
-    return [f"tests/adapters/test_{module}.py", *sources]
+    return [*sorted(glob.glob(f"tests/adapters/test_{module}*.py")), *sources]
 
 
 def _adapter_runs(session: nox.Session, runs: list[tuple[dict[str, str], str]]) -> None:

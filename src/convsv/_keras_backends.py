@@ -138,3 +138,33 @@ def layer_norm(kernel: Any, conv: KerasConv, norm_options: Mapping[str, Any]) ->
     shape, spec = conv.spec(value.shape)
     xp = array_api_compat.array_namespace(value)
     return float(norm(np.reshape(value, shape), spec, xp, options))
+
+
+def vjp() -> Any:
+    """The backend's ``vjp(f, x) -> (f(x), cotangent -> (gradient,))``, as ``jax.vjp`` is called."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.vjp
+    if backend == "torch":
+        import torch
+
+        return torch.func.vjp
+    if backend == "tensorflow":
+        return _tensorflow_vjp
+    msg = (
+        f"convsv.keras.SpectralNormalization runs on the JAX, PyTorch and TensorFlow backends, not {backend}"
+    )
+    raise NotImplementedError(msg)
+
+
+def _tensorflow_vjp(f: Any, x: Any) -> tuple[Any, Any]:
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = f(x)
+    return y, lambda cotangent: (tape.gradient(y, x, output_gradients=cotangent),)

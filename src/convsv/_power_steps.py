@@ -18,14 +18,25 @@ from typing import Any
 
 from ._lib import Array, Namespace
 
-#: Steps that warm fresh vectors, and that bring stored ones up to date when an evaluation finds the
-#: weight moved since they were last stepped.
+#: Steps that warm fresh vectors, and that bring stored ones up to date (from :func:`restart`) when an
+#: evaluation finds the weight moved since they were last stepped.
 WARM_STEPS = 15
 
 
 def unit(x: Array, eps: float, xp: Namespace) -> Array:
     """``x / max(||x||, eps)``."""
     return x / xp.maximum(xp.linalg.vector_norm(x), xp.asarray(eps, dtype=x.dtype))
+
+
+def restart(v: Array, r: Array, eps: float, xp: Namespace) -> Array:
+    """Where a refresh starts: the stored ``v`` and a fixed random map ``r``, in equal parts, unit.
+
+    Steps that track a moving weight can lose the part of ``v`` along a singular vector that was
+    not on top (a grouped or depthwise layer's other groups, which the steps damp), and then miss
+    it when it overtakes. Half a random start gives every direction its share back and keeps half
+    of what was tracked; the steps that follow take the random half's error away.
+    """
+    return unit(v + unit(r, eps, xp), eps, xp)
 
 
 def _dot(a: Array, b: Array, xp: Namespace) -> Array:
@@ -66,9 +77,9 @@ def locally_optimal_step(
     shape = image.shape
     images = xp.concat([image, apply(xp.concat([q1, q2]))])
     images = xp.reshape(images, (3, -1))
-    _, vectors = xp.linalg.eigh(images @ xp.matrix_transpose(images))
+    _, vectors = xp.linalg.eigh(xp.matmul(images, xp.matrix_transpose(images)))
     c = vectors[:, -1]  # the largest Ritz value's
     new = c[0] * v + c[1] * q1 + c[2] * q2
     scale = xp.maximum(xp.linalg.vector_norm(new), xp.asarray(eps, dtype=new.dtype))
-    u = unit(xp.reshape(c @ images, shape), eps, xp)
+    u = unit(xp.reshape(xp.matmul(c, images), shape), eps, xp)
     return u, new / scale, (c[1] * q1 + c[2] * q2) / scale

@@ -24,7 +24,7 @@ from ._checks import shape as shape_of
 from ._frameworks.torch import conv_options
 from ._layout import ConvSpec, conv_spec
 from ._options import NormOptions
-from ._power_steps import WARM_STEPS, locally_optimal_step, unit
+from ._power_steps import WARM_STEPS, locally_optimal_step, restart, unit
 from ._values import norm, norm_bounds
 
 
@@ -82,7 +82,7 @@ class SpectralNorm(nn.Module):
     layer's map with the current weight, updating the buffers ``_u`` (an
     output map), ``_v`` (an input map) and ``_p`` (the last step) in place;
     in eval mode the stored vectors are used, first brought up to date
-    (``WARM_STEPS`` steps, once) if the weights changed since the last
+    (``refresh``: ``WARM_STEPS`` steps, once) if the weights changed since the last
     training pass -- as they do at the optimizer's step. The divisor is
     ``sigma = <u, A(weight) v>``, differentiable in the weight with ``u`` and
     ``v`` held fixed, as in Miyato et al. With ``exact=True`` it is
@@ -188,6 +188,17 @@ class SpectralNorm(nn.Module):
             self._v.copy_(v)
             self._p.copy_(p)
 
+    @torch.no_grad()
+    def refresh(self, weight: torch.Tensor) -> None:
+        """``WARM_STEPS`` steps from :func:`~convsv._power_steps.restart`: ``_v`` and a fixed random map."""
+        assert self._v is not None
+        assert self._p is not None
+        generator = torch.Generator(device=self._v.device).manual_seed(0)  # fixed: evaluations repeat
+        r = torch.randn(self._v.shape, generator=generator, device=self._v.device, dtype=self._v.dtype)
+        self._v.copy_(restart(self._v, r, self.eps, _namespace()))
+        self._p.zero_()
+        self.power_iteration(weight, WARM_STEPS)
+
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # Vectors saved by a layer that had seen its input: take their shapes before loading them.
         v = state_dict.get(prefix + "_v")
@@ -215,7 +226,7 @@ class SpectralNorm(nn.Module):
             elif self._updated_at is not None and weight._version != self._updated_at:
                 # The weights moved since the last training pass (the optimizer's step): evaluate the
                 # layer as it is, with vectors brought up to date once.
-                self.power_iteration(weight, WARM_STEPS)
+                self.refresh(weight)
                 self._updated_at = weight._version
         return weight / self._divisor(weight)
 

@@ -29,12 +29,14 @@ import keras
 from ._docs import CLIP_OPTIONS_PARAMETER, shared_text
 from ._frameworks.keras import convolutions, input_spatial, kernels_of, layer_fields, to_numpy
 from ._keras_constraint import OperatorNormConstraint, Projecting, clip_config
+from ._keras_spectral_norm import SpectralNormalization
 from ._options import ClipOptions
 
 __all__ = [
     "LayerReport",
     "OperatorNormClipping",
     "OperatorNormConstraint",
+    "SpectralNormalization",
     "clip_operator_norm_",
     "conv_kernels",
 ]
