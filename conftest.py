@@ -23,6 +23,7 @@ _AVAILABLE = {
     "keras": _KERAS_OK,
     "optax": not any(_missing(module) for module in ("optax", "flax", "equinox")),
     "equinox": not any(_missing(module) for module in ("equinox", "optax")),
+    "flax": not any(_missing(module) for module in ("flax", "optax")),
 }
 _REQUIRED = os.environ.get("CONVSV_REQUIRE_ADAPTERS") == "1"
 # The private modules that hold part of a public adapter, with doctests that need its framework.
@@ -30,6 +31,8 @@ _ADAPTER_PARTS = {
     "keras": ["_keras_constraint", "_keras_spectral_norm"],
     "optax": ["_jax_layers"],
     "torch": ["_torch_spectral_norm"],
+    "equinox": ["_jax_spectral_norm"],
+    "flax": ["_jax_spectral_norm"],
 }
 # Each adapter's test modules (test_torch.py, test_torch_spectral_norm.py, ...) and sources.
 ADAPTER_FILES = {

@@ -71,7 +71,12 @@ ADAPTERS = {
     ),
     "jax": (
         ["jax", "keras>=3.5", "optax>=0.2.3", "flax>=0.10", "equinox>=0.11"],
-        [({"KERAS_BACKEND": "jax"}, "keras"), ({"JAX_DEFAULT_PRNG_IMPL": "rbg"}, "optax")],
+        [
+            ({"KERAS_BACKEND": "jax"}, "keras"),
+            ({"JAX_DEFAULT_PRNG_IMPL": "rbg"}, "optax"),
+            ({}, "equinox"),
+            ({}, "flax"),
+        ],
     ),
     "tensorflow": (["tensorflow-cpu==2.21.0", "keras>=3.5"], [({"KERAS_BACKEND": "tensorflow"}, "keras")]),
 }
@@ -82,6 +87,8 @@ ADAPTER_PARTS = {
     "keras": ["_keras_constraint", "_keras_spectral_norm"],
     "optax": ["_jax_layers"],
     "torch": ["_torch_spectral_norm"],
+    "equinox": ["_jax_spectral_norm"],
+    "flax": ["_jax_spectral_norm"],
 }
 
 

@@ -5,69 +5,24 @@
 the layer's own map (its stride, dilation, groups, zero or circular padding,
 on the input map it is given), not on the kernel reshaped into a matrix, so
 the layer's operator norm is what it holds at 1. The steps are the PyTorch
-adapter's (:func:`convsv.torch.spectral_norm`), written once for both.
+adapter's (:func:`convsv.torch.spectral_norm`), written once for both; the
+layer's map and the vectors' tracking are shared with :mod:`convsv.flax`.
 Importing this module imports jax and equinox.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 
 from ._checks import integer, real
 from ._checks import shape as shape_of
 from ._frameworks.equinox import conv_options, explicit_pads
-from ._power_steps import WARM_STEPS, locally_optimal_step, unit
+from ._jax_spectral_norm import LayerMap, divisor, start, track
 
 __all__ = ["SpectralNorm"]
-
-_NUMBERS = {1: ("NCH", "OIH", "NCH"), 2: ("NCHW", "OIHW", "NCHW"), 3: ("NCDHW", "OIDHW", "NCDHW")}
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerMap:
-    """The linear part of an ``equinox.nn.Conv`` (no bias) on batched maps ``(B, C, *spatial)``."""
-
-    ndim: int
-    stride: tuple[int, ...]
-    pads: tuple[tuple[int, int], ...]
-    dilation: tuple[int, ...]
-    groups: int
-    circular: bool
-
-    def __call__(self, x: jax.Array, weight: jax.Array) -> jax.Array:
-        pads = self.pads
-        if self.circular:
-            x = jnp.pad(x, ((0, 0), (0, 0), *pads), mode="wrap")
-            pads = ((0, 0),) * self.ndim
-        return jax.lax.conv_general_dilated(
-            x,
-            weight,
-            self.stride,
-            pads,
-            rhs_dilation=self.dilation,
-            feature_group_count=self.groups,
-            dimension_numbers=_NUMBERS[self.ndim],
-        )
-
-
-def _steps(
-    apply_map: LayerMap, weight: jax.Array, vectors: tuple[jax.Array, ...], steps: int, eps: float
-) -> Any:
-    """``steps`` locally optimal steps from ``(u, v, p)``, the weight held constant."""
-    weight = jax.lax.stop_gradient(weight)
-
-    def apply(x: jax.Array) -> jax.Array:
-        return apply_map(x, weight)
-
-    u, v, p = vectors
-    for _ in range(steps):
-        u, v, p = locally_optimal_step(v, p, apply, jax.vjp, eps, jnp)
-    return u, v, p
 
 
 class SpectralNorm(eqx.Module):
@@ -161,20 +116,15 @@ class SpectralNorm(eqx.Module):
             dilation=tuple(layer.dilation),
             groups=int(layer.groups),
             circular=layer.padding_mode == "CIRCULAR",
+            channels_last=False,
         )
         self.input_shape = shape
         self.n_power_iterations = integer(n_power_iterations, "n_power_iterations")
         self.eps = real(eps, "eps", "a positive float", above=0.0)
         self.inference = bool(inference)
         weight = layer.weight
-        v = unit(jax.random.normal(key, (1, layer.in_channels, *shape), weight.dtype), self.eps, jnp)
-        u = unit(self.map(v, weight), self.eps, jnp)  # also checks that the map fits the layer
-        u, v, p = _steps(self.map, weight, (u, v, jnp.zeros_like(v)), WARM_STEPS, self.eps)
+        u, v, p = start(self.map, weight, layer.in_channels, shape, key, self.eps)
         self.state_index = eqx.nn.StateIndex((u, v, p, weight))
-
-    def _divisor(self, weight: jax.Array, u: jax.Array, v: jax.Array) -> jax.Array:
-        u, v = jax.lax.stop_gradient(u), jax.lax.stop_gradient(v)
-        return jnp.sum(u * self.map(v, weight))
 
     def __call__(self, x: jax.Array, state: eqx.nn.State, *, inference: bool | None = None) -> Any:
         """``(layer with the normalised weight)(x)`` and the new state.
@@ -199,19 +149,11 @@ class SpectralNorm(eqx.Module):
         inference = self.inference if inference is None else inference
         weight = self.layer.weight
         u, v, p, seen = state.get(self.state_index)
+        count = None if inference else self.n_power_iterations
+        u, v, p = track(self.map, weight, (u, v, p), seen, count, self.eps)
         current = jax.lax.stop_gradient(weight)
-        if inference:
-            moved = jnp.any(current != seen)
-            u, v, p = jax.lax.cond(
-                moved,
-                lambda vectors: _steps(self.map, current, vectors, WARM_STEPS, self.eps),
-                lambda vectors: vectors,
-                (u, v, p),
-            )
-        else:
-            u, v, p = _steps(self.map, current, (u, v, p), self.n_power_iterations, self.eps)
         state = state.set(self.state_index, (u, v, p, current))
-        layer = eqx.tree_at(lambda conv: conv.weight, self.layer, weight / self._divisor(weight, u, v))
+        layer = eqx.tree_at(lambda conv: conv.weight, self.layer, weight / divisor(self.map, weight, u, v))
         return layer(x), state
 
     def normalised_weight(self, state: eqx.nn.State) -> jax.Array:
@@ -229,5 +171,5 @@ class SpectralNorm(eqx.Module):
         """
         u, v, _, _ = state.get(self.state_index)
         weight: jax.Array = self.layer.weight
-        normalised: jax.Array = weight / self._divisor(weight, u, v)
+        normalised: jax.Array = weight / divisor(self.map, weight, u, v)
         return normalised

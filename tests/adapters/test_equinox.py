@@ -89,6 +89,27 @@ def test_steps_with_fixed_weights_converge_to_the_layers_norm(name):
     assert _true_norm(normalised, layer.layer.in_channels, shape) == pytest.approx(1.0, rel=2e-3)
 
 
+def test_inference_finds_a_depthwise_layer_s_new_top_channel():
+    """Training calls on channel 0 damp the vectors' other channels to nothing; after a step that
+    puts channel 1 on top, inference's refresh (the stored vector mixed with a fixed random one)
+    finds it, where steps from the stored vector alone stay on channel 0 (norm 2 here)."""
+    conv = eqx.nn.Conv2d(3, 3, 3, padding=1, groups=3, use_bias=False, key=jax.random.key(4))
+    filters = jnp.repeat(conv.weight[:1], 3, axis=0)  # one filter for every channel
+
+    def scaled(scales):
+        return eqx.tree_at(lambda c: c.weight, conv, filters * jnp.array(scales)[:, None, None, None])
+
+    layer, state = eqx.nn.make_with_state(SpectralNorm)(scaled([1.0, 0.5, 0.5]), 7, key=jax.random.key(5))
+    x = jnp.zeros((3, 7, 7))
+    call = jax.jit(layer.__call__)
+    for _ in range(40):
+        _, state = call(x, state)
+    layer = eqx.tree_at(lambda m: m.layer, layer, scaled([0.5, 1.0, 0.5]))
+    _, state = layer(x, state, inference=True)
+    normalised = eqx.tree_at(lambda c: c.weight, layer.layer, layer.normalised_weight(state))
+    assert _true_norm(normalised, 3, (7, 7)) == pytest.approx(1.0, abs=1e-3)
+
+
 def test_gradient_matches_finite_differences():
     jax.config.update("jax_enable_x64", True)
     try:

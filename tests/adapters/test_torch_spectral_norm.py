@@ -87,6 +87,26 @@ def test_pytorch_s_own_leaves_the_layer_s_norm_elsewhere():
     assert _true_norm(layer, (8, 8)) > 1.3
 
 
+def test_evaluation_finds_a_depthwise_layer_s_new_top_channel():
+    """Training passes on channel 0 damp the vectors' other channels to nothing; after a step that
+    puts channel 1 on top, eval mode's refresh (the stored vector mixed with a fixed random one)
+    finds it, where steps from the stored vector alone stay on channel 0 (norm 2 here)."""
+    torch.manual_seed(4)
+    layer = spectral_norm(nn.Conv2d(3, 3, 3, padding=1, groups=3, bias=False), input_shape=(7, 7))
+    weight = layer.parametrizations.weight.original
+    filters = weight.detach()[:1].repeat(3, 1, 1, 1)  # one filter for every channel
+    with torch.no_grad():
+        weight.copy_(filters * torch.tensor([1.0, 0.5, 0.5])[:, None, None, None])
+    for _ in range(40):
+        layer(torch.zeros(1, 3, 7, 7))
+    with torch.no_grad():
+        weight.copy_(filters * torch.tensor([0.5, 1.0, 0.5])[:, None, None, None])
+        layer.eval()
+        used = nn.Conv2d(3, 3, 3, padding=1, groups=3, bias=False)
+        used.weight.copy_(layer.weight)  # in float32 (the float64 reference would refresh again)
+    assert _true_norm(used, (7, 7)) == pytest.approx(1.0, abs=1e-3)
+
+
 @pytest.mark.parametrize("exact", [False, True])
 def test_gradient_matches_finite_differences(exact):
     torch.manual_seed(0)

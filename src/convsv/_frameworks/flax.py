@@ -92,8 +92,7 @@ def _padding(
         return tuple((int(a), int(b)) for a, b in pairs)
     mode = padding.upper()
     if mode == "CIRCULAR":
-        # Flax wraps (span - 1) // 2 positions around before and span // 2 after, then convolves.
-        reason = why_not_circulant([((w - 1) // 2, w // 2) for w in spans], spans, stride, shape)
+        reason = why_not_circulant(_wrapped(spans), spans, stride, shape)
         if reason is not None:
             raise ValueError(reason)
         return "circular"
@@ -106,6 +105,22 @@ def _padding(
         msg = f"padding={padding!r} is not modelled: convsv handles zero and circular padding"
         raise ValueError(msg)
     return tuple(padtype_pads(shape, spans, stride, mode))
+
+
+def _wrapped(spans: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Flax's circular padding: ``(span - 1) // 2`` positions wrapped around before, ``span // 2`` after."""
+    return [((w - 1) // 2, w // 2) for w in spans]
+
+
+def explicit_pads(layer: Any, input_shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """The Conv's padding on an ``input_shape`` map as ``(before, after)`` per axis (zeros or wrapped).
+
+    Checked as :func:`conv_options` checks it (its errors are this call's).
+    """
+    options = conv_options(layer, input_shape)
+    if options["padding"] != "circular":
+        return tuple(options["padding"])
+    return tuple(_wrapped(dilated_spans(kernel_size(layer), options["dilation"])))
 
 
 def input_shapes(
