@@ -9,11 +9,13 @@ their framework stores and applies it. The steps are :func:`convsv._power_steps.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from ._power_steps import WARM_STEPS, locally_optimal_step, restart, unit
+from . import _power_steps as power_steps
+from ._power_steps import WARM_STEPS, unit
 
 Vectors = tuple[jax.Array, jax.Array, jax.Array]
 
@@ -66,17 +68,12 @@ class LayerMap:
 
 def steps(apply_map: LayerMap, weight: jax.Array, vectors: Vectors, count: int, eps: float) -> Vectors:
     """``count`` locally optimal steps from ``(u, v, p)``, the weight held constant."""
+    return power_steps.steps(vectors, count, _applied(apply_map, weight), jax.vjp, eps, jnp)
+
+
+def _applied(apply_map: LayerMap, weight: jax.Array) -> Callable[[jax.Array], jax.Array]:
     weight = jax.lax.stop_gradient(weight)
-
-    def apply(x: jax.Array) -> jax.Array:
-        return apply_map(x, weight)
-
-    u, v, p = vectors
-    # Unrolled: a jax.lax.fori_loop compiles in half the time but rounds differently, and moved the
-    # Equinox tests' zero-padded layer from 1.0095 to 1.0201 after training (seed-dependent either way).
-    for _ in range(count):
-        u, v, p = locally_optimal_step(v, p, apply, jax.vjp, eps, jnp)
-    return u, v, p
+    return lambda x: apply_map(x, weight)
 
 
 def start(
@@ -124,10 +121,9 @@ def track(
 
 
 def refresh(apply_map: LayerMap, weight: jax.Array, vectors: Vectors, eps: float) -> Vectors:
-    """``WARM_STEPS`` steps from :func:`~convsv._power_steps.restart`: ``v`` and a fixed random map."""
-    u, v, p = vectors
-    r = jax.random.normal(jax.random.key(0), v.shape, v.dtype)  # fixed: evaluations repeat
-    return steps(apply_map, weight, (u, restart(v, r, eps, jnp), jnp.zeros_like(p)), WARM_STEPS, eps)
+    """:func:`convsv._power_steps.refresh`, with a fixed random map (evaluations repeat)."""
+    r = jax.random.normal(jax.random.key(0), vectors[1].shape, vectors[1].dtype)
+    return power_steps.refresh(vectors, r, _applied(apply_map, weight), jax.vjp, eps, jnp)
 
 
 def divisor(apply_map: LayerMap, weight: jax.Array, u: jax.Array, v: jax.Array) -> jax.Array:

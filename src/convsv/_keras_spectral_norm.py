@@ -18,16 +18,19 @@ from typing import Any
 import keras
 from keras import ops
 
+from . import _power_steps as power_steps
 from ._checks import integer, real
 from ._checks import shape as shape_of
 from ._frameworks.keras import kernels_of
 from ._keras_backends import vjp
-from ._power_steps import WARM_STEPS, locally_optimal_step, restart, unit
+from ._power_steps import WARM_STEPS, Vectors, unit
 
 #: The array-API names the power step uses, from ``keras.ops`` (TensorFlow's tensors are not
 #: array-API arrays).
 OPS = SimpleNamespace(
     asarray=lambda x, dtype=None: ops.convert_to_tensor(x, dtype=keras.backend.standardize_dtype(dtype)),
+    zeros_like=ops.zeros_like,
+    where=ops.where,
     maximum=ops.maximum,
     sum=ops.sum,
     concat=lambda arrays: ops.concatenate(arrays, axis=0),
@@ -206,25 +209,19 @@ class SpectralNormalization(keras.layers.Wrapper):  # type: ignore[misc]
         """The layer's linear map with this kernel, on a batch of inputs."""
         return self._linear.stateless_call([kernel], [], x)[0]
 
-    def _steps(self, kernel: Any, vectors: tuple[Any, Any, Any], steps: int) -> tuple[Any, Any, Any]:
-        """``steps`` locally optimal steps from ``(u, v, p)`` on the layer with ``kernel`` (held constant)."""
+    def _steps(self, kernel: Any, vectors: Vectors, count: int) -> Vectors:
+        """``count`` locally optimal steps from ``(u, v, p)`` on the layer with ``kernel`` (held constant)."""
+        return power_steps.steps(vectors, count, self._map(kernel), vjp(), self.eps, OPS)
 
-        def apply(x: Any) -> Any:
-            return self._apply(x, kernel)
+    def _refresh(self, kernel: Any, vectors: Vectors) -> Vectors:
+        """:func:`convsv._power_steps.refresh`, with a fixed random map (evaluations repeat)."""
+        r = keras.random.normal(ops.shape(vectors[1]), seed=0, dtype=vectors[1].dtype)
+        return power_steps.refresh(vectors, r, self._map(kernel), vjp(), self.eps, OPS)
 
-        step = vjp()
-        u, v, p = vectors
-        for _ in range(steps):  # unrolled: a loop primitive would be compiled again at every eager call
-            u, v, p = locally_optimal_step(v, p, apply, step, self.eps, OPS)
-        return u, v, p
+    def _map(self, kernel: Any) -> Any:
+        return lambda x: self._apply(x, kernel)
 
-    def _refresh(self, kernel: Any, vectors: tuple[Any, Any, Any]) -> tuple[Any, Any, Any]:
-        """``WARM_STEPS`` steps from :func:`~convsv._power_steps.restart` (a fixed random map mixed in)."""
-        u, v, p = vectors
-        v = restart(v, keras.random.normal(ops.shape(v), seed=0, dtype=v.dtype), self.eps, OPS)
-        return self._steps(kernel, (u, v, ops.zeros_like(p)), WARM_STEPS)
-
-    def _store(self, vectors: tuple[Any, Any, Any], kernel: Any) -> None:
+    def _store(self, vectors: Vectors, kernel: Any) -> None:
         variables = (self.vector_u, self.vector_v, self.vector_p, self.kernel_seen)
         for variable, value in zip(variables, (*vectors, kernel), strict=True):
             variable.assign(value)

@@ -1,9 +1,9 @@
 """The spectral normalisations' tracker: locally optimal power steps on a layer's own map.
 
-One step, written once over the array API for every framework's normalisation: the layer is
-given as ``apply`` (its linear map) and the framework's ``vjp`` (``torch.func.vjp``,
-``jax.vjp``), which gives the map's adjoint, so the two are exact transposes whatever the layer's
-options.
+Written once over the array API for every framework's normalisation: the layer is given as
+``apply`` (its linear map) and the framework's ``vjp`` (``torch.func.vjp``, ``jax.vjp``, a
+``tf.GradientTape`` for Keras on TensorFlow), which gives the map's adjoint, so the two are exact
+transposes whatever the layer's options.
 
 Each step is a power step made locally optimal (Knyazev's LOBPCG for the largest eigenvalue of
 ``A^T A``): the next ``v`` is the best unit vector, by Rayleigh-Ritz, in the span of ``v``, the
@@ -18,25 +18,17 @@ from typing import Any
 
 from ._lib import Array, Namespace
 
-#: Steps that warm fresh vectors, and that bring stored ones up to date (from :func:`restart`) when an
+#: Steps that warm fresh vectors, and that bring stored ones up to date (:func:`refresh`) when an
 #: evaluation finds the weight moved since they were last stepped.
 WARM_STEPS = 15
+
+#: ``(u, v, p)``: the unit image of ``v``, the unit input map ``v``, the last step's direction.
+Vectors = tuple[Array, Array, Array]
 
 
 def unit(x: Array, eps: float, xp: Namespace) -> Array:
     """``x / max(||x||, eps)``."""
     return x / xp.maximum(xp.linalg.vector_norm(x), xp.asarray(eps, dtype=x.dtype))
-
-
-def restart(v: Array, r: Array, eps: float, xp: Namespace) -> Array:
-    """Where a refresh starts: the stored ``v`` and a fixed random map ``r``, in equal parts, unit.
-
-    Steps that track a moving weight can lose the part of ``v`` along a singular vector that was
-    not on top (a grouped or depthwise layer's other groups, which the steps damp), and then miss
-    it when it overtakes. Half a random start gives every direction its share back and keeps half
-    of what was tracked; the steps that follow take the random half's error away.
-    """
-    return unit(v + unit(r, eps, xp), eps, xp)
 
 
 def _dot(a: Array, b: Array, xp: Namespace) -> Array:
@@ -83,3 +75,46 @@ def locally_optimal_step(
     scale = xp.maximum(xp.linalg.vector_norm(new), xp.asarray(eps, dtype=new.dtype))
     u = unit(xp.reshape(xp.matmul(c, images), shape), eps, xp)
     return u, new / scale, (c[1] * q1 + c[2] * q2) / scale
+
+
+def steps(
+    vectors: Vectors,
+    count: int,
+    apply: Callable[[Array], Array],
+    vjp: Callable[..., Any],
+    eps: float,
+    xp: Namespace,
+) -> Vectors:
+    """``count`` locally optimal steps from ``(u, v, p)``: the new ``(u, v, p)``.
+
+    A Python loop: traced, it unrolls (a loop primitive would be compiled again at every eager call
+    of a Keras layer, and rounds differently from the eager steps under JAX).
+    """
+    for _ in range(count):
+        vectors = locally_optimal_step(vectors[1], vectors[2], apply, vjp, eps, xp)
+    return vectors
+
+
+def refresh(
+    vectors: Vectors,
+    r: Array,
+    apply: Callable[[Array], Array],
+    vjp: Callable[..., Any],
+    eps: float,
+    xp: Namespace,
+) -> Vectors:
+    """The better of ``WARM_STEPS`` steps from the stored vectors and from a restart: the new ``(u, v, p)``.
+
+    Steps that track a moving weight can lose the part of ``v`` along a singular vector that was
+    not on top (a grouped or depthwise layer's other groups, which the steps damp to nothing), and
+    then miss it when it overtakes. The restart is ``v`` and the fixed random map ``r`` in equal
+    parts, which gives every direction its share back; the warm steps keep what tracking gained
+    where nothing overtook. The larger ``<u, A v>`` (both are lower bounds on the norm) wins.
+    """
+    _, v, p = vectors
+    warm = steps(vectors, WARM_STEPS, apply, vjp, eps, xp)
+    start = unit(v + unit(r, eps, xp), eps, xp)
+    fresh = steps((vectors[0], start, xp.zeros_like(p)), WARM_STEPS, apply, vjp, eps, xp)
+    better = _dot(warm[0], apply(warm[1]), xp) >= _dot(fresh[0], apply(fresh[1]), xp)
+    u, v, p = (xp.where(better, a, b) for a, b in zip(warm, fresh, strict=True))
+    return u, v, p

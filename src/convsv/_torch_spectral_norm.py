@@ -19,12 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import _power_steps as power_steps
 from ._checks import integer, real
 from ._checks import shape as shape_of
 from ._frameworks.torch import conv_options
 from ._layout import ConvSpec, conv_spec
 from ._options import NormOptions
-from ._power_steps import WARM_STEPS, locally_optimal_step, restart, unit
+from ._power_steps import WARM_STEPS, Vectors, unit
 from ._values import norm, norm_bounds
 
 
@@ -174,30 +175,37 @@ class SpectralNorm(nn.Module):
         In place, as PyTorch's: ``DataParallel`` replicas share the buffers'
         storage, and ``DistributedDataParallel`` broadcasts them.
         """
-        assert self._u is not None
-        assert self._v is not None
-        assert self._p is not None
-        weight = weight.detach()
-
-        def apply(x: torch.Tensor) -> torch.Tensor:
-            return self.map(x, weight)
-
-        for _ in range(steps):
-            u, v, p = locally_optimal_step(self._v, self._p, apply, torch.func.vjp, self.eps, _namespace())
-            self._u.copy_(u)
-            self._v.copy_(v)
-            self._p.copy_(p)
+        self._replace(
+            power_steps.steps(
+                self._vectors(), steps, self._applied(weight), torch.func.vjp, self.eps, _namespace()
+            )
+        )
 
     @torch.no_grad()
     def refresh(self, weight: torch.Tensor) -> None:
-        """``WARM_STEPS`` steps from :func:`~convsv._power_steps.restart`: ``_v`` and a fixed random map."""
+        """:func:`convsv._power_steps.refresh` of the vectors, with a fixed random map (repeatable)."""
+        v = self._vectors()[1]
+        generator = torch.Generator(device=v.device).manual_seed(0)
+        r = torch.randn(v.shape, generator=generator, device=v.device, dtype=v.dtype)
+        self._replace(
+            power_steps.refresh(
+                self._vectors(), r, self._applied(weight), torch.func.vjp, self.eps, _namespace()
+            )
+        )
+
+    def _vectors(self) -> Vectors:
+        assert self._u is not None
         assert self._v is not None
         assert self._p is not None
-        generator = torch.Generator(device=self._v.device).manual_seed(0)  # fixed: evaluations repeat
-        r = torch.randn(self._v.shape, generator=generator, device=self._v.device, dtype=self._v.dtype)
-        self._v.copy_(restart(self._v, r, self.eps, _namespace()))
-        self._p.zero_()
-        self.power_iteration(weight, WARM_STEPS)
+        return self._u, self._v, self._p
+
+    def _replace(self, vectors: Vectors) -> None:
+        for buffer, value in zip(self._vectors(), vectors, strict=True):
+            buffer.copy_(value)
+
+    def _applied(self, weight: torch.Tensor) -> Any:
+        weight = weight.detach()
+        return lambda x: self.map(x, weight)
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
         # Vectors saved by a layer that had seen its input: take their shapes before loading them.
