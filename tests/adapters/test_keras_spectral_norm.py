@@ -20,6 +20,8 @@ from keras import layers, ops
 
 from convsv.keras import SpectralNormalization
 
+from .test_keras import to_numpy as _numpy
+
 BACKEND = keras.backend.backend()
 
 # name -> (the layer, one input sample's shape). Keras has no circular padding.
@@ -34,17 +36,6 @@ LAYERS = {
     "conv3d": (lambda: layers.Conv3D(2, 2, padding="same"), (4, 4, 4, 2)),
     "dense": (lambda: layers.Dense(5), (7,)),
 }
-
-
-def _numpy(x):
-    """A host array (not ``ops.convert_to_numpy``: its ``np.array(tensor)`` is flagged by NumPy 2)."""
-    if isinstance(x, keras.Variable):
-        x = x.value
-    if hasattr(x, "detach"):  # torch
-        return x.detach().cpu().numpy()
-    if hasattr(x, "numpy"):  # TensorFlow
-        return np.asarray(x.numpy())
-    return np.asarray(x)
 
 
 def _true_norm(layer, sample):
