@@ -30,6 +30,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ._lipschitz_maps import (
     FUNCTION_RULES,
+    IDENTITY_MODULES,
     MODULE_RULES,
     Map,
     arg,
@@ -37,6 +38,7 @@ from ._lipschitz_maps import (
     bn_scale,
     compose,
     conv_map,
+    is_identity,
     max_pool_constant,
     norm_of,
     plus_identity,
@@ -157,6 +159,7 @@ class _Walk:
         self.kinds: dict[str, str] = {}
         self.folded: dict[str, str] = {}  # node -> the later node whose map absorbed it
         self.needed: list[str] = []  # nodes whose bound some rule uses, in graph order
+        self.alias: dict[str, str] = {}  # identity / eval dropout node -> the node whose values it returns
 
     def run(self) -> tuple[float, tuple[NodeBound, ...]]:
         """The certified bound of the output, and one row per node."""
@@ -176,6 +179,9 @@ class _Walk:
 
     def _row(self, name: str) -> NodeBound:
         result = self.values[name].result
+        if name in self.alias:
+            bound = None if result is None else result[0]
+            return NodeBound(name, self.kinds[name], 1.0, f"the values of {self.alias[name]}", bound)
         if result is not None:
             return NodeBound(name, self.kinds[name], result[1], result[2], result[0])
         how = f"folded into {self.folded[name]}" if name in self.folded else "not used by the output"
@@ -197,9 +203,17 @@ class _Walk:
             return _Value(lambda: (math.hypot(*(v.bound() for v in values)), None, "the model's output"))
         if node.op == "get_attr" or all(value.static for value in inputs):
             return _static()
-        if node.op == "call_module":
-            return self._rule_module(node, self.modules[str(node.target)])
+        module = self.modules.get(str(node.target)) if node.op == "call_module" else None
+        if isinstance(module, IDENTITY_MODULES) or (module is None and is_identity(node)):
+            x = self._operand(node)  # one value under two names: a residual through nn.Identity still folds
+            self.alias[node.name] = self._root(x.name)
+            return self.values[x.name]
+        if module is not None:
+            return self._rule_module(node, module)
         return self._rule_function(node)
+
+    def _root(self, name: str) -> str:
+        return self.alias.get(name, name)
 
     def _need(self, name: str) -> _Value:
         if name not in self.needed:
@@ -244,9 +258,9 @@ class _Walk:
             fits = fits and (conv is None or ndim == conv.weight.ndim)
             composed = compose(first, linear) if fits else None
             if composed is not None:
-                self.folded[x.name] = node.name
+                self.folded[self._root(x.name)] = node.name
                 return self._map_value(composed, source.base)
-        return self._map_value(linear, x.name)
+        return self._map_value(linear, self._root(x.name))
 
     def _rule_module(self, node: fx.Node, module: nn.Module) -> _Value:
         name, x = node.name, self._operand(node)
@@ -335,14 +349,14 @@ class _Walk:
         output's own pixel).
         """
         value = self.values[f.name]
-        if value.linear is None or value.base != x.name:
+        if value.linear is None or value.base != self._root(x.name):
             return None
-        self.folded[f.name] = node.name
+        self.folded[self._root(f.name)] = node.name
         sign = -1.0 if node.target in (operator.sub, torch.sub, "sub") else 1.0
         plus = plus_identity(value.linear, sign)
         if plus is not None and (plus.kind != "conv" or len(self._shape(x)) == plus.weight.ndim):
-            return self._map_value(plus, x.name)
-        linear, source = value.linear, self._need(x.name)
+            return self._map_value(plus, self._root(x.name))
+        linear, source = value.linear, self._need(self._root(x.name))
 
         def compute() -> tuple[float, float | None, str]:
             norm, how = norm_of(linear, self.tol, self.method)

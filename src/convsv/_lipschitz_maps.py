@@ -157,16 +157,15 @@ def plus_identity(linear: Map, sign: float) -> Map | None:
     if linear.kind == "scale":
         return Map("scale", 1.0 + sign * linear.weight, names)
     if linear.kind == "matrix" and linear.weight.shape[0] == linear.weight.shape[1]:
-        return Map(
-            "matrix", torch.eye(linear.weight.shape[0], dtype=torch.float64) + sign * linear.weight, names
-        )
+        eye = torch.eye(linear.weight.shape[0], dtype=torch.float64, device=linear.weight.device)
+        return Map("matrix", eye + sign * linear.weight, names)
     if linear.kind != "conv" or linear.centre is None:
         return None
     _, c_in, c_out = _groups(linear)
     if c_in != c_out:
         return None
     weight = sign * linear.weight.clone()
-    out = torch.arange(c_out)
+    out = torch.arange(c_out, device=weight.device)
     index: tuple[Any, ...] = (out, out % weight.shape[1], *linear.centre)
     weight[index] += 1.0  # output o reads input o at the centre tap
     return Map("conv", weight, names, linear.options, linear.shape, linear.pads, linear.centre)
@@ -324,11 +323,7 @@ _ONE = (1.0, "slopes in [0, 1]")
 _COPY = (1.0, "moves entries, an isometry")
 MODULE_RULES: dict[type, Callable[[Any], tuple[float, str]]] = {
     **dict.fromkeys((nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Tanh), lambda m: _ONE),
-    **dict.fromkeys((nn.Identity, nn.Flatten, nn.Unflatten), lambda m: _COPY),
-    **dict.fromkeys(
-        (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout),
-        lambda m: (1.0, "identity in eval mode"),
-    ),
+    **dict.fromkeys((nn.Flatten, nn.Unflatten), lambda m: _COPY),
     nn.LeakyReLU: lambda m: (max(1.0, abs(m.negative_slope)), "slopes 1 and negative_slope"),
     nn.ELU: lambda m: (max(1.0, abs(m.alpha)), "slopes 1 and alpha exp(x), x < 0"),
     nn.Sigmoid: lambda m: (0.25, "sigma (1 - sigma) <= 1/4"),
@@ -339,11 +334,27 @@ MODULE_RULES: dict[type, Callable[[Any], tuple[float, str]]] = {
 }
 
 
-def _dropout(node: fx.Node) -> tuple[float, str]:
-    if arg(node, 2, "training", True):  # F.dropout's own default is training=True
+#: Layers that return their input's values (in eval mode): the walk treats them as the same value.
+IDENTITY_MODULES = (
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout1d,
+    nn.Dropout2d,
+    nn.Dropout3d,
+    nn.AlphaDropout,
+    nn.FeatureAlphaDropout,
+)
+IDENTITY_FUNCTIONS = (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, "contiguous")
+
+
+def is_identity(node: fx.Node) -> bool:
+    """Whether a function node returns its input's values; a ValueError for dropout in training mode."""
+    if node.target not in IDENTITY_FUNCTIONS:
+        return False
+    if node.target != "contiguous" and arg(node, 2, "training", True):  # F.dropout's default is True
         msg = "dropout in training mode is random, not a function of the input"
         raise ValueError(msg)
-    return 1.0, "identity in eval mode"
+    return True
 
 
 FUNCTION_RULES: dict[Any, Callable[[fx.Node], tuple[float, str]]] = {
@@ -363,7 +374,6 @@ FUNCTION_RULES: dict[Any, Callable[[fx.Node], tuple[float, str]]] = {
             torch.permute,
             "transpose",
             torch.transpose,
-            "contiguous",
             "squeeze",
             "unsqueeze",
             torch.squeeze,
@@ -372,7 +382,6 @@ FUNCTION_RULES: dict[Any, Callable[[fx.Node], tuple[float, str]]] = {
         lambda n: _COPY,
     ),
     **dict.fromkeys((operator.neg, torch.neg, "neg"), lambda n: (1.0, "negation")),
-    **dict.fromkeys((F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout), _dropout),
     F.leaky_relu: lambda n: (
         max(1.0, abs(arg(n, 1, "negative_slope", 0.01))),
         "slopes 1 and negative_slope",
