@@ -30,7 +30,7 @@ _REQUIRED = os.environ.get("CONVSV_REQUIRE_ADAPTERS") == "1"
 _ADAPTER_PARTS = {
     "keras": ["_keras_constraint", "_keras_spectral_norm"],
     "optax": ["_jax_layers"],
-    "torch": ["_torch_spectral_norm"],
+    "torch": ["_torch_spectral_norm", "_lipschitz", "_lipschitz_maps"],
     "equinox": ["_jax_spectral_norm"],
     "flax": ["_jax_spectral_norm"],
 }
