@@ -86,7 +86,7 @@ ADAPTERS = {
 ADAPTER_PARTS = {
     "keras": ["_keras_constraint", "_keras_spectral_norm"],
     "optax": ["_jax_layers"],
-    "torch": ["_torch_spectral_norm"],
+    "torch": ["_torch_spectral_norm", "_lipschitz", "_lipschitz_maps"],
     "equinox": ["_jax_spectral_norm"],
     "flax": ["_jax_spectral_norm"],
 }

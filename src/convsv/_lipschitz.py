@@ -1,6 +1,6 @@
 """A certified upper bound on a whole PyTorch network's Lipschitz constant, read from its graph.
 
-The graph comes from :func:`torch.fx.symbolic_trace`, not :func:`torch.export.export`:
+The graph comes from ``torch.fx.symbolic_trace``, not ``torch.export.export``:
 fx keeps every standard layer as a ``call_module`` node holding the
 ``nn.Module`` itself (a convolution's ``padding_mode``, a batch norm's running
 statistics), which is what folding needs, and it traces an eval-mode module
@@ -479,7 +479,7 @@ def lipschitz_bound(
 ) -> LipschitzReport:
     """A certified upper bound on a network's Lipschitz constant, and a local lower bound beside it.
 
-    The model is traced with :func:`torch.fx.symbolic_trace` in eval mode (fx
+    The model is traced with ``torch.fx.symbolic_trace`` in eval mode (fx
     keeps each layer as its ``nn.Module``, which folding reads; see the module
     notes) and its graph is walked in order. Each value carries a bound on its
     Lipschitz constant (l2 norms) as a function of the input: linear layers by
@@ -551,7 +551,7 @@ def lipschitz_bound(
     --------
     >>> import torch
     >>> from torch import nn
-    >>> from convsv._lipschitz import lipschitz_bound
+    >>> from convsv.torch import lipschitz_bound
     >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
     >>> with torch.no_grad():
     ...     _ = model[0].weight.copy_(torch.tensor([[3.0, 0.0], [0.0, 1.0]]))

@@ -9,7 +9,9 @@ Three idioms, one projection (:func:`convsv.clip_operator_norm`):
   differentiable ``torch.nn.utils.parametrize`` parametrization.
 
 And one normalisation: :func:`spectral_norm`, PyTorch's ``spectral_norm``
-with the layer's true operator norm as the divisor.
+with the layer's true operator norm as the divisor; and one certificate:
+:func:`lipschitz_bound`, a bound on a whole network's Lipschitz constant
+read from its ``torch.fx`` graph.
 
 Each convolution's stride, dilation, groups and padding are read from the
 layer itself; feature-map sizes come from ``input_shapes`` or from the layer's
@@ -31,11 +33,14 @@ from ._clipping import clip
 from ._docs import CLIP_OPTIONS_PARAMETER, shared_text
 from ._frameworks.torch import conv_options, forward_input_shapes, record_input_shapes
 from ._layout import ConvSpec, conv_spec
+from ._lipschitz import LipschitzReport, NodeBound, lipschitz_bound
 from ._options import CLIP_OPTIONS, ClipOptions
 from ._torch_spectral_norm import SpectralNorm, spectral_norm
 
 __all__ = [
     "LayerReport",
+    "LipschitzReport",
+    "NodeBound",
     "OperatorNormClipper",
     "OperatorNormParametrization",
     "SpectralNorm",
@@ -43,6 +48,7 @@ __all__ = [
     "conv_layers",
     "input_shapes",
     "layer_options",
+    "lipschitz_bound",
     "parametrize_operator_norm",
     "spectral_norm",
 ]
