@@ -73,7 +73,7 @@ def test_after_training_that_pushes_the_norm_up_the_evaluated_layer_has_norm_one
 
 
 def test_keras_s_own_leaves_a_convolution_s_norm_elsewhere():
-    """What this replaces: Keras normalises the reshaped kernel (1.3-2.2 after the training above)."""
+    """What this replaces: Keras normalises the reshaped kernel (1.2-2.2 after the training above)."""
     make, sample = LAYERS["conv2d-same"]
     keras.utils.set_random_seed(1)
     theirs = layers.SpectralNormalization(make(), power_iterations=20)
