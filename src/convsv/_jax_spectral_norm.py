@@ -1,14 +1,16 @@
-"""The JAX spectral normalisations' shared part: a layer's map, its tracked vectors, the divisor.
+"""The JAX spectral normalisations' shared part: the tracked vectors and the divisor, on a layer's map.
 
-:mod:`convsv.equinox` (channels first: ``NCHW`` maps, ``OIHW`` kernels) and :mod:`convsv.flax`
-(channels last: ``NHWC``, ``HWIO``) hold the same state -- the unit vectors ``u`` and ``v``, the last
-step's direction ``p`` and the kernel the vectors were last stepped with -- and differ only in how
-their framework stores and applies it. The steps are :func:`convsv._power_steps.locally_optimal_step`.
+:mod:`convsv.equinox` and :mod:`convsv.flax` hold the same state -- the unit vectors ``u`` and
+``v``, the last step's direction ``p`` and the kernel the vectors were last stepped with -- and
+differ only in how their framework stores it and applies the layer. The map is the layer's own
+computation (a :data:`LayerMap`: a batch of input maps and a weight in, the layer's output
+without bias out), so every option the layer has -- transposition, padding, output padding,
+dilation, groups -- is the layer's, with no second implementation to drift from it; its adjoint is
+``jax.vjp`` of it. The steps are :func:`convsv._power_steps.locally_optimal_step`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 
 import jax
@@ -19,51 +21,8 @@ from ._power_steps import WARM_STEPS, unit
 
 Vectors = tuple[jax.Array, jax.Array, jax.Array]
 
-
-@dataclasses.dataclass(frozen=True)
-class LayerMap:
-    """The linear part of a convolution (no bias) on batched maps, channels first or last.
-
-    ``pads`` are ``(before, after)`` per spatial axis: zeros, or with ``circular`` the positions
-    wrapped around before a convolution without padding (as Equinox and Flax do).
-    """
-
-    ndim: int
-    stride: tuple[int, ...]
-    pads: tuple[tuple[int, int], ...]
-    dilation: tuple[int, ...]
-    groups: int
-    circular: bool
-    channels_last: bool
-
-    @property
-    def dimension_numbers(self) -> tuple[str, str, str]:
-        """``jax.lax`` dimension numbers: ``("NCHW", "OIHW", "NCHW")`` or ``("NHWC", "HWIO", "NHWC")``."""
-        spatial = "DHW"[3 - self.ndim :]
-        if self.channels_last:
-            return f"N{spatial}C", f"{spatial}IO", f"N{spatial}C"
-        return f"NC{spatial}", f"OI{spatial}", f"NC{spatial}"
-
-    def sample_shape(self, channels: int, spatial: tuple[int, ...]) -> tuple[int, ...]:
-        """The shape of one input map in a batch of one."""
-        return (1, *spatial, channels) if self.channels_last else (1, channels, *spatial)
-
-    def __call__(self, x: jax.Array, weight: jax.Array) -> jax.Array:
-        pads = self.pads
-        if self.circular:
-            unpadded = ((0, 0),)
-            wrap = (*unpadded, *pads, *unpadded) if self.channels_last else (*unpadded, *unpadded, *pads)
-            x = jnp.pad(x, wrap, mode="wrap")
-            pads = unpadded * self.ndim
-        return jax.lax.conv_general_dilated(
-            x,
-            weight,
-            self.stride,
-            pads,
-            rhs_dilation=self.dilation,
-            feature_group_count=self.groups,
-            dimension_numbers=self.dimension_numbers,
-        )
+#: The linear part of a layer: ``(batch of input maps, weight) -> batch of outputs``, no bias.
+LayerMap = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def steps(apply_map: LayerMap, weight: jax.Array, vectors: Vectors, count: int, eps: float) -> Vectors:
@@ -79,16 +38,15 @@ def _applied(apply_map: LayerMap, weight: jax.Array) -> Callable[[jax.Array], ja
 def start(
     apply_map: LayerMap,
     weight: jax.Array,
-    channels: int,
-    spatial: tuple[int, ...],
+    sample_shape: tuple[int, ...],
     key: jax.Array,
     eps: float,
 ) -> Vectors:
-    """Fresh vectors: a random unit ``v`` and ``WARM_STEPS`` steps from it.
+    """Fresh vectors: a random unit ``v`` of ``sample_shape`` (a batch of one), ``WARM_STEPS`` steps on.
 
-    Applying the map here also checks that it fits the layer (channels, groups, input size).
+    Applying the map here also checks that the input size fits the layer.
     """
-    v = unit(jax.random.normal(key, apply_map.sample_shape(channels, spatial), weight.dtype), eps, jnp)
+    v = unit(jax.random.normal(key, sample_shape, weight.dtype), eps, jnp)
     u = unit(apply_map(v, jax.lax.stop_gradient(weight)), eps, jnp)
     return steps(apply_map, weight, (u, v, jnp.zeros_like(v)), WARM_STEPS, eps)
 

@@ -1,12 +1,13 @@
 """Equinox adapter: spectral normalisation of a convolution by its true operator norm.
 
 :class:`SpectralNorm` is ``equinox.nn.SpectralNorm`` (Miyato et al., ICLR
-2018) for ``equinox.nn.Conv`` layers, with one change: its power steps run on
-the layer's own map (its stride, dilation, groups, zero or circular padding,
+2018) for ``equinox.nn.Conv`` and ``equinox.nn.ConvTranspose`` layers, with
+one change: its power steps run on the layer's own map (the layer's own call,
+with its transposition, stride, padding, output padding, dilation and groups,
 on the input map it is given), not on the kernel reshaped into a matrix, so
 the layer's operator norm is what it holds at 1. The steps are the PyTorch
 adapter's (:func:`convsv.torch.spectral_norm`), written once for both; the
-layer's map and the vectors' tracking are shared with :mod:`convsv.flax`.
+vectors' tracking is shared with :mod:`convsv.flax`.
 Importing this module imports jax and equinox.
 """
 
@@ -16,17 +17,32 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 
 from ._checks import integer, real
 from ._checks import shape as shape_of
-from ._frameworks.equinox import conv_options, explicit_pads
 from ._jax_spectral_norm import LayerMap, divisor, start, track
 
 __all__ = ["SpectralNorm"]
 
 
+def _linear_map(layer: Any) -> LayerMap:
+    """The layer's own call on a batch (``jax.vmap``), with the weight swapped in and a zero bias.
+
+    Zeroed rather than removed: ``use_bias`` is a static field, and the call adds ``bias`` when it
+    is set.
+    """
+    if layer.bias is not None:
+        layer = eqx.tree_at(lambda conv: conv.bias, layer, jnp.zeros_like(layer.bias))
+
+    def apply(x: jax.Array, weight: jax.Array) -> jax.Array:
+        return jax.vmap(eqx.tree_at(lambda conv: conv.weight, layer, weight))(x)  # type: ignore[no-any-return]
+
+    return apply
+
+
 class SpectralNorm(eqx.Module):
-    """An ``equinox.nn.Conv`` whose weight is divided by the layer's operator norm, estimated as it trains.
+    """An ``equinox.nn.Conv`` or ``ConvTranspose`` whose weight is divided by its operator norm, as it trains.
 
     Used as ``equinox.nn.SpectralNorm`` is: made with
     ``equinox.nn.make_with_state(SpectralNorm)(layer, input_shape, key=key)``
@@ -41,9 +57,11 @@ class SpectralNorm(eqx.Module):
 
     Parameters
     ----------
-    layer : equinox.nn.Conv
-        A ``Conv``, ``Conv1d``, ``Conv2d`` or ``Conv3d`` with
-        ``padding_mode`` ``"ZEROS"`` or ``"CIRCULAR"``.
+    layer : equinox.nn.Conv or equinox.nn.ConvTranspose
+        A ``Conv``, ``Conv1d/2d/3d``, ``ConvTranspose`` or
+        ``ConvTranspose1d/2d/3d``, with any stride, padding (and padding
+        mode), output padding, dilation and groups: the map is the layer's
+        own call without its bias.
     input_shape : int or sequence of int
         The spatial shape of the layer's input, whose operator norm is
         normalised (an int: every axis).
@@ -60,11 +78,13 @@ class SpectralNorm(eqx.Module):
     Raises
     ------
     TypeError
-        If ``layer`` is not an ``equinox.nn.Conv`` (``ConvTranspose`` is not
-        supported yet).
+        If ``layer`` is not an ``equinox.nn.Conv`` or
+        ``equinox.nn.ConvTranspose`` (``Linear`` and others).
     ValueError
-        For another padding mode, circular padding that is not a circulant
-        map, or an ``input_shape`` that does not fit the layer.
+        For an ``input_shape`` of another rank than the layer's.
+    TypeError or ValueError
+        From the layer's own call, for an ``input_shape`` it cannot take
+        (smaller than the kernel without padding, say).
 
     See Also
     --------
@@ -87,7 +107,6 @@ class SpectralNorm(eqx.Module):
 
     layer: Any
     state_index: eqx.nn.StateIndex[Any]
-    map: LayerMap = eqx.field(static=True)
     input_shape: tuple[int, ...] = eqx.field(static=True)
     n_power_iterations: int = eqx.field(static=True)
     eps: float = eqx.field(static=True)
@@ -103,27 +122,20 @@ class SpectralNorm(eqx.Module):
         *,
         key: jax.Array,
     ) -> None:
-        if not isinstance(layer, eqx.nn.Conv):
-            msg = f"convsv.equinox.SpectralNorm normalises equinox.nn.Conv layers, got {type(layer).__name__}"
+        if not isinstance(layer, (eqx.nn.Conv, eqx.nn.ConvTranspose)):
+            msg = (
+                "convsv.equinox.SpectralNorm normalises equinox.nn.Conv and equinox.nn.ConvTranspose "
+                f"layers, got {type(layer).__name__}"
+            )
             raise TypeError(msg)
         shape = shape_of(input_shape, "input_shape", layer.num_spatial_dims)
-        conv_options(layer, shape)  # refuses the padding modes convsv does not model
         self.layer = layer
-        self.map = LayerMap(
-            ndim=layer.num_spatial_dims,
-            stride=tuple(layer.stride),
-            pads=explicit_pads(layer, shape),
-            dilation=tuple(layer.dilation),
-            groups=int(layer.groups),
-            circular=layer.padding_mode == "CIRCULAR",
-            channels_last=False,
-        )
         self.input_shape = shape
         self.n_power_iterations = integer(n_power_iterations, "n_power_iterations")
         self.eps = real(eps, "eps", "a positive float", above=0.0)
         self.inference = bool(inference)
         weight = layer.weight
-        u, v, p = start(self.map, weight, layer.in_channels, shape, key, self.eps)
+        u, v, p = start(_linear_map(layer), weight, (1, layer.in_channels, *shape), key, self.eps)
         self.state_index = eqx.nn.StateIndex((u, v, p, weight))
 
     def __call__(self, x: jax.Array, state: eqx.nn.State, *, inference: bool | None = None) -> Any:
@@ -150,10 +162,11 @@ class SpectralNorm(eqx.Module):
         weight = self.layer.weight
         u, v, p, seen = state.get(self.state_index)
         count = None if inference else self.n_power_iterations
-        u, v, p = track(self.map, weight, (u, v, p), seen, count, self.eps)
+        apply_map = _linear_map(self.layer)
+        u, v, p = track(apply_map, weight, (u, v, p), seen, count, self.eps)
         current = jax.lax.stop_gradient(weight)
         state = state.set(self.state_index, (u, v, p, current))
-        layer = eqx.tree_at(lambda conv: conv.weight, self.layer, weight / divisor(self.map, weight, u, v))
+        layer = eqx.tree_at(lambda conv: conv.weight, self.layer, weight / divisor(apply_map, weight, u, v))
         return layer(x), state
 
     def normalised_weight(self, state: eqx.nn.State) -> jax.Array:
@@ -167,9 +180,11 @@ class SpectralNorm(eqx.Module):
         Returns
         -------
         jax.Array
-            ``weight / <u, A(weight) v>``, in the layer's layout (OIHW).
+            ``weight / <u, A(weight) v>``, in the layer's layout (its
+            ``weight``'s: ``(out, in / groups, *kernel_size)``, a
+            ``ConvTranspose``'s too).
         """
         u, v, _, _ = state.get(self.state_index)
         weight: jax.Array = self.layer.weight
-        normalised: jax.Array = weight / divisor(self.map, weight, u, v)
+        normalised: jax.Array = weight / divisor(_linear_map(self.layer), weight, u, v)
         return normalised

@@ -1,12 +1,14 @@
 """Flax NNX adapter: spectral normalisation of a convolution by its true operator norm.
 
 :class:`SpectralNorm` is ``flax.nnx.SpectralNorm`` (Miyato et al., ICLR 2018)
-for ``flax.nnx.Conv`` layers, with two changes: its power steps run on the
-layer's own map (its stride, dilation, groups, zero or circular padding, on
-the input map it is given), not on the kernel reshaped into a matrix, so the
-layer's operator norm is what it holds at 1; and the wrapped layer's kernel
-parameter is left as it is. The steps and the layer's map are those of
-:mod:`convsv.equinox`, written once over JAX arrays for both.
+for ``flax.nnx.Conv`` and ``flax.nnx.ConvTranspose`` layers, with two
+changes: its power steps run on the layer's own map (a copy of the layer with
+a zero bias, so its transposition, strides, padding, dilation and groups are
+its own, on the input map it is given), not on the kernel reshaped into a
+matrix, so the layer's operator norm is what it holds at 1; and the wrapped
+layer's kernel parameter is left as it is. The steps and the vectors'
+tracking are those of :mod:`convsv.equinox`, written once over JAX arrays
+for both.
 Importing this module imports jax and flax.
 """
 
@@ -16,18 +18,38 @@ import inspect
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from ._checks import integer, real
 from ._checks import shape as shape_of
-from ._frameworks.flax import conv_options, explicit_pads, spatial_rank
+from ._frameworks.flax import spatial_rank
 from ._jax_spectral_norm import LayerMap, divisor, start, track
 
 __all__ = ["SpectralNorm"]
 
 
+def _with_kernel(layer: Any, kernel: jax.Array, *, bias: bool = True) -> Any:
+    """A copy of ``layer`` (``nnx.split`` / ``nnx.merge``) with ``kernel``, and a zero bias unless ``bias``.
+
+    The layer's own parameters are left as they are.
+    """
+    graphdef, state = nnx.split(layer)
+    param: Any = state["kernel"]
+    state["kernel"] = param.replace(kernel)
+    if not bias and "bias" in state:
+        offset: Any = state["bias"]
+        state["bias"] = offset.replace(jnp.zeros_like(offset[...]))
+    return nnx.merge(graphdef, state)
+
+
+def _linear_map(layer: Any) -> LayerMap:
+    """The layer's own call on a batch of maps, with the kernel swapped in and a zero bias."""
+    return lambda x, kernel: _with_kernel(layer, kernel, bias=False)(x)
+
+
 class SpectralNorm(nnx.Module):
-    """An ``nnx.Conv`` whose kernel is divided by the layer's operator norm, estimated as it trains.
+    """An ``nnx.Conv`` or ``ConvTranspose`` whose kernel is divided by its operator norm, as it trains.
 
     Used as ``flax.nnx.SpectralNorm`` is: ``SpectralNorm(conv, input_shape,
     rngs=rngs)``, called as ``layer(x, update_stats=...)`` with the layer's
@@ -36,7 +58,7 @@ class SpectralNorm(nnx.Module):
     steps on the layer's map and stores the vectors in ``nnx.BatchStat``
     variables; with ``False`` the stored vectors are used, first brought up
     to date (``WARM_STEPS`` steps, stored too) if the kernel changed since
-    they were last stepped. The layer's output is then the wrapped Conv's,
+    they were last stepped. The layer's output is then the wrapped layer's,
     with its kernel divided by ``<u, A(kernel) v>``, a divisor
     differentiable in the kernel with ``u`` and ``v`` held fixed.
     ``model.eval()`` and ``model.train()`` set the default as they do for
@@ -45,7 +67,7 @@ class SpectralNorm(nnx.Module):
     and in ``nnx.Optimizer`` loops.
 
     Unlike ``flax.nnx.SpectralNorm``, the kernel parameter is never
-    overwritten with the normalised kernel: the Conv is applied through a
+    overwritten with the normalised kernel: the layer is applied through a
     copy made with ``nnx.split`` / ``nnx.merge`` that holds the normalised
     kernel. The parameter stays what the optimizer updates (normalising it
     in place would make each call divide an already divided kernel again,
@@ -54,10 +76,13 @@ class SpectralNorm(nnx.Module):
 
     Parameters
     ----------
-    layer_instance : flax.nnx.Conv
-        A Conv with zero padding (``"SAME"``, ``"SAME_LOWER"``, ``"VALID"``,
-        ``"CAUSAL"``, ints or pairs) or ``"CIRCULAR"`` padding, any
-        ``strides``, ``kernel_dilation`` and ``feature_group_count``.
+    layer_instance : flax.nnx.Conv or flax.nnx.ConvTranspose
+        A Conv or ConvTranspose with any of its options: ``padding``
+        (``"SAME"``, ``"VALID"``, ``"CIRCULAR"``, ``"CAUSAL"``, ints or
+        pairs...), ``strides``, ``kernel_dilation``, a Conv's
+        ``feature_group_count`` and ``input_dilation``, a ``mask``, a
+        ConvTranspose's ``transpose_kernel``: the map is the layer's own
+        call without its bias.
     input_shape : int or sequence of int
         The spatial shape of the layer's input, whose operator norm is
         normalised (an int: every axis). Calls with another shape are refused.
@@ -73,12 +98,12 @@ class SpectralNorm(nnx.Module):
     Raises
     ------
     TypeError
-        If ``layer_instance`` is not an ``nnx.Conv`` (``ConvTranspose`` and
-        Linen layers are not supported).
+        If ``layer_instance`` is not an ``nnx.Conv`` or ``nnx.ConvTranspose``
+        (``nnx.Linear``, Linen layers...).
     ValueError
-        For another padding (``"REFLECT"``...), circular padding that is not
-        a circulant map, a ``mask`` or ``input_dilation``, or an
-        ``input_shape`` that does not fit the layer.
+        For an ``input_shape`` of another rank than the layer's.
+    TypeError or ValueError
+        From the layer's own call, for an ``input_shape`` it cannot take.
 
     See Also
     --------
@@ -120,24 +145,14 @@ class SpectralNorm(nnx.Module):
         update_stats: bool = True,
         rngs: nnx.Rngs,
     ) -> None:
-        if not isinstance(layer_instance, nnx.Conv):
+        if not isinstance(layer_instance, (nnx.Conv, nnx.ConvTranspose)):
             msg = (
-                "convsv.flax.SpectralNorm normalises flax.nnx.Conv layers (layer_instance), "
-                f"got {type(layer_instance).__name__}"
+                "convsv.flax.SpectralNorm normalises flax.nnx.Conv and flax.nnx.ConvTranspose layers "
+                f"(layer_instance), got {type(layer_instance).__name__}"
             )
             raise TypeError(msg)
         shape = shape_of(input_shape, "input_shape", spatial_rank(layer_instance))
-        options = conv_options(layer_instance, shape)  # refuses what convsv does not model
         self.layer_instance = layer_instance
-        self.map = LayerMap(
-            ndim=len(shape),
-            stride=options["stride"],
-            pads=explicit_pads(layer_instance, shape),
-            dilation=options["dilation"],
-            groups=int(options["groups"]),
-            circular=options["padding"] == "circular",
-            channels_last=True,
-        )
         self.input_shape = shape
         self.n_steps = integer(n_steps, "n_steps")
         self.epsilon = real(epsilon, "epsilon", "a positive float", above=0.0)
@@ -145,7 +160,8 @@ class SpectralNorm(nnx.Module):
         self.use_running_average = not update_stats
         kernel = layer_instance.kernel[...]
         key = rngs.params()
-        u, v, p = start(self.map, kernel, layer_instance.in_features, shape, key, self.epsilon)
+        sample = (1, *shape, layer_instance.in_features)
+        u, v, p = start(_linear_map(layer_instance), kernel, sample, key, self.epsilon)
         self.u, self.v, self.p = nnx.BatchStat(u), nnx.BatchStat(v), nnx.BatchStat(p)
         self.seen_kernel = nnx.BatchStat(kernel)
 
@@ -161,7 +177,7 @@ class SpectralNorm(nnx.Module):
             self.use_running_average = use_running_average
 
     def __call__(self, x: jax.Array, update_stats: bool | None = None) -> jax.Array:
-        """The wrapped Conv applied to ``x`` with its kernel divided by its operator norm.
+        """The wrapped layer applied to ``x`` with its kernel divided by its operator norm.
 
         Parameters
         ----------
@@ -175,7 +191,7 @@ class SpectralNorm(nnx.Module):
         Returns
         -------
         jax.Array
-            The Conv's output, with its normalised kernel.
+            The layer's output, with its normalised kernel.
 
         Raises
         ------
@@ -193,14 +209,12 @@ class SpectralNorm(nnx.Module):
         kernel = self.layer_instance.kernel[...]
         stored = (self.u[...], self.v[...], self.p[...])
         count = self.n_steps if update_stats else None
-        u, v, p = track(self.map, kernel, stored, self.seen_kernel[...], count, self.epsilon)
+        apply_map = _linear_map(self.layer_instance)
+        u, v, p = track(apply_map, kernel, stored, self.seen_kernel[...], count, self.epsilon)
         self.u[...], self.v[...], self.p[...] = u, v, p
         self.seen_kernel[...] = jax.lax.stop_gradient(kernel)
-        # A copy of the Conv holding the divided kernel (its parameter keeps the undivided one).
-        graphdef, state = nnx.split(self.layer_instance)
-        param: Any = state["kernel"]
-        state["kernel"] = param.replace(kernel / divisor(self.map, kernel, u, v))
-        conv: Any = nnx.merge(graphdef, state)
+        # A copy of the layer holding the divided kernel (its parameter keeps the undivided one).
+        conv = _with_kernel(self.layer_instance, kernel / divisor(apply_map, kernel, u, v))
         out: jax.Array = conv(x)
         return out
 
@@ -210,10 +224,13 @@ class SpectralNorm(nnx.Module):
         Returns
         -------
         jax.Array
-            ``kernel / <u, A(kernel) v>``, in the layer's layout (``HWIO``).
+            ``kernel / <u, A(kernel) v>``, in the layer's layout (its
+            ``kernel``'s, ``HWIO``).
         """
         kernel = self.layer_instance.kernel[...]
-        normalised: jax.Array = kernel / divisor(self.map, kernel, self.u[...], self.v[...])
+        normalised: jax.Array = kernel / divisor(
+            _linear_map(self.layer_instance), kernel, self.u[...], self.v[...]
+        )
         return normalised
 
 

@@ -30,6 +30,15 @@ LAYERS = {
         (6, 5),
     ),
     "conv1d-valid": (lambda key: eqx.nn.Conv1d(3, 4, 5, stride=2, key=key), (12,)),
+    # Transposed: the layer's own call is the map, output padding and groups included.
+    "convtranspose2d-stride2-output-padding-groups": (
+        lambda key: eqx.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2, key=key),
+        (5, 4),
+    ),
+    "convtranspose1d-dilation-stride2": (
+        lambda key: eqx.nn.ConvTranspose1d(3, 4, 3, stride=2, dilation=2, padding=2, key=key),
+        (9,),
+    ),
 }
 
 
@@ -110,13 +119,28 @@ def test_inference_finds_a_depthwise_layer_s_new_top_channel():
     assert _true_norm(normalised, 3, (7, 7)) == pytest.approx(1.0, abs=1e-3)
 
 
-def test_gradient_matches_finite_differences():
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda key: eqx.nn.Conv2d(2, 3, 3, stride=2, padding=1, key=key),
+        lambda key: eqx.nn.ConvTranspose2d(2, 3, 3, stride=2, padding=1, output_padding=1, key=key),
+    ],
+    ids=["conv", "transposed"],
+)
+def test_gradient_matches_finite_differences(make):
     jax.config.update("jax_enable_x64", True)
     try:
-        conv = eqx.nn.Conv2d(2, 3, 3, stride=2, padding=1, key=jax.random.key(0))
+        conv = make(jax.random.key(0))
         conv = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, conv)
-        layer, state = eqx.nn.make_with_state(SpectralNorm)(conv, (6, 6), key=jax.random.key(1))
+        layer, state = eqx.nn.make_with_state(SpectralNorm)(
+            conv, (6, 6), n_power_iterations=20, key=jax.random.key(1)
+        )
         x = jax.random.normal(jax.random.key(2), (2, 6, 6), jnp.float64)
+        # Converged vectors: the divisor's gradient holds u and v fixed, which is the norm's gradient
+        # at the top singular pair (a transposed layer's top values lie close, so 30 steps are short).
+        call = jax.jit(layer.__call__)
+        for _ in range(5):
+            _, state = call(x, state)
 
         leaves, treedef = jax.tree_util.tree_flatten(state)
 
@@ -127,7 +151,7 @@ def test_gradient_matches_finite_differences():
 
         from jax.test_util import check_grads
 
-        check_grads(loss, (conv.weight,), order=1, modes=["rev"])
+        check_grads(jax.jit(loss), (conv.weight,), order=1, modes=["rev"])
     finally:
         jax.config.update("jax_enable_x64", False)
 
@@ -135,13 +159,30 @@ def test_gradient_matches_finite_differences():
 @pytest.mark.parametrize(
     ("make", "error", "message"),
     [
-        (lambda k: eqx.nn.Linear(3, 4, key=k), TypeError, "normalises equinox.nn.Conv layers"),
-        (lambda k: eqx.nn.Conv2d(3, 4, 3, padding=1, padding_mode="REFLECT", key=k), ValueError, "REFLECT"),
+        (
+            lambda k: eqx.nn.Linear(3, 4, key=k),
+            TypeError,
+            "Conv and equinox.nn.ConvTranspose layers, got Linear",
+        ),
+        (lambda k: eqx.nn.MaxPool2d(3), TypeError, "got MaxPool2d"),
     ],
+    ids=["linear", "pool"],
 )
 def test_errors(make, error, message):
     with pytest.raises(error, match=message):
         SpectralNorm(make(jax.random.key(0)), 8, key=jax.random.key(1))
+
+
+def test_padding_modes_beyond_zeros_and_circular_are_the_layer_s_own():
+    """The map is the layer's own call, so a reflect-padded layer (no circulant or zero-padded model in
+    convsv) is normalised by its true norm too."""
+    conv = eqx.nn.Conv2d(3, 4, 3, padding=1, padding_mode="REFLECT", key=jax.random.key(0))
+    layer, state = eqx.nn.make_with_state(SpectralNorm)(conv, 6, n_power_iterations=20, key=jax.random.key(1))
+    call = jax.jit(layer.__call__)
+    for _ in range(30):
+        _, state = call(jnp.zeros((3, 6, 6)), state)
+    normalised = eqx.tree_at(lambda c: c.weight, conv, layer.normalised_weight(state))
+    assert _true_norm(normalised, 3, (6, 6)) == pytest.approx(1.0, rel=2e-3)
 
 
 def test_input_shape_of_the_wrong_rank_is_refused():

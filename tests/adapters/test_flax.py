@@ -38,6 +38,17 @@ LAYERS = {
         (11,),
     ),
     "conv3d-same": (lambda rngs: nnx.Conv(2, 3, (3, 3, 3), padding="SAME", rngs=rngs), (4, 4, 4)),
+    # Transposed: the layer's own call is the map (Flax's ConvTranspose has no groups).
+    "convtranspose2d-stride2-same": (
+        lambda rngs: nnx.ConvTranspose(3, 4, (3, 3), strides=2, padding="SAME", rngs=rngs),
+        (5, 4),
+    ),
+    "convtranspose1d-explicit-dilated-stride2": (
+        lambda rngs: nnx.ConvTranspose(
+            3, 4, (3,), strides=2, kernel_dilation=2, padding=((3, 2),), rngs=rngs
+        ),
+        (9,),
+    ),
 }
 TRAINING_STEPS = 100
 
@@ -97,20 +108,60 @@ def test_after_training_that_pushes_the_norm_up_the_evaluated_layer_has_norm_one
     """
     ours, theirs = _trained_norms(name)
     assert ours == pytest.approx(1.0, abs=0.02)
-    assert abs(theirs - 1) > 0.1
+    if not name.startswith("convtranspose"):
+        # A stride-2 transposed layer's norm can lie near its kernel's matrix norm (nnx's ends at
+        # 1.01 to 1.25 on the two here, depending on the PRNG): reported by __main__, not asserted.
+        assert abs(theirs - 1) > 0.1
 
 
-@pytest.mark.parametrize("name", ["conv2d-stride2-same", "conv3d-same"])
-def test_steps_with_a_fixed_kernel_converge_to_the_layers_norm(name):
-    conv, shape = _conv(name)
+def _converged_norm(conv, shape: tuple[int, ...]) -> float:
+    """The true norm of ``conv`` with the kernel that converged steps (fixed kernel) divide it to."""
     layer = SpectralNorm(conv, shape, n_steps=20, rngs=nnx.Rngs(1))
     call = nnx.jit(lambda layer, x: layer(x))
     x = jnp.zeros((1, *shape, conv.in_features))
     for _ in range(10):
         call(layer, x)
-    assert _true_norm(lambda x: layer(x, update_stats=False), conv.in_features, shape) == pytest.approx(
-        1.0, rel=2e-3
-    )
+    # The layer as it applies the divided kernel (a copy: the wrapped layer's parameter is its own).
+    normalised = nnx.clone(conv)
+    normalised.kernel[...] = layer.normalised_kernel()
+    return _true_norm(normalised, conv.in_features, shape)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "conv2d-stride2-same",
+        "conv3d-same",
+        "convtranspose2d-stride2-same",
+        "convtranspose1d-explicit-dilated-stride2",
+    ],
+)
+def test_steps_with_a_fixed_kernel_converge_to_the_layers_norm(name):
+    assert _converged_norm(*_conv(name)) == pytest.approx(1.0, rel=2e-3)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda r: nnx.Conv(3, 4, (3, 3), padding="REFLECT", rngs=r),
+        lambda r: nnx.Conv(3, 4, (3, 3), strides=3, padding="CIRCULAR", rngs=r),
+        lambda r: nnx.Conv(3, 4, (3, 3), input_dilation=2, padding=1, rngs=r),
+        lambda r: nnx.Conv(3, 4, (3, 3), mask=jnp.ones((3, 3, 3, 4)).at[1, 1].set(0), rngs=r),
+        lambda r: nnx.ConvTranspose(
+            3, 4, (3, 3), strides=2, padding="CIRCULAR", transpose_kernel=True, rngs=r
+        ),
+    ],
+    ids=[
+        "reflect",
+        "circular-not-circulant",
+        "input-dilation",
+        "mask",
+        "transposed-circular-transpose-kernel",
+    ],
+)
+def test_options_convsv_does_not_model_are_the_layer_s_own(make):
+    """The map is the layer's own call, so options without a model in convsv's core are normalised too."""
+    assert _converged_norm(make(nnx.Rngs(0)), (6, 6)) == pytest.approx(1.0, rel=2e-3)
 
 
 def test_the_kernel_parameter_is_never_written():
@@ -155,12 +206,27 @@ def test_eval_mode_uses_the_stored_vectors_and_refreshes_them_when_the_kernel_mo
     assert nnx.view(layer, use_running_average=True).use_running_average
 
 
-def test_gradient_matches_finite_differences():
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda rngs: nnx.Conv(2, 3, (3, 3), strides=2, padding=1, param_dtype=jnp.float64, rngs=rngs),
+        lambda rngs: nnx.ConvTranspose(
+            2, 3, (3, 3), strides=2, padding=1, param_dtype=jnp.float64, rngs=rngs
+        ),
+    ],
+    ids=["conv", "transposed"],
+)
+def test_gradient_matches_finite_differences(make):
     jax.config.update("jax_enable_x64", True)
     try:
-        conv = nnx.Conv(2, 3, (3, 3), strides=2, padding=1, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
-        layer = SpectralNorm(conv, (6, 6), rngs=nnx.Rngs(1))
+        conv = make(nnx.Rngs(0))
+        layer = SpectralNorm(conv, (6, 6), n_steps=20, rngs=nnx.Rngs(1))
         x = jax.random.normal(jax.random.key(2), (1, 6, 6, 2), jnp.float64)
+        # Converged vectors: the divisor's gradient holds u and v fixed, which is the norm's gradient
+        # at the top singular pair (a transposed layer's top values lie close, so 30 steps are short).
+        call = nnx.jit(lambda layer, x: layer(x))
+        for _ in range(5):
+            call(layer, x)
         graphdef, state = nnx.split(layer)
 
         def loss(kernel):
@@ -178,16 +244,17 @@ def test_gradient_matches_finite_differences():
 @pytest.mark.parametrize(
     ("make", "error", "message"),
     [
-        (lambda r: nnx.Linear(3, 4, rngs=r), TypeError, "normalises flax.nnx.Conv layers"),
-        (lambda r: nnx.ConvTranspose(3, 4, (3, 3), rngs=r), TypeError, "got ConvTranspose"),
-        (lambda r: nnx.Conv(3, 4, (3, 3), padding="REFLECT", rngs=r), ValueError, "REFLECT"),
-        (lambda r: nnx.Conv(3, 4, (3, 3), strides=3, padding="CIRCULAR", rngs=r), ValueError, "circulant"),
-        (lambda r: nnx.Conv(3, 4, (3, 3), padding="CAUSAL", rngs=r), ValueError, "CAUSAL"),
-        (lambda r: nnx.Conv(3, 4, (3, 3), input_dilation=2, rngs=r), ValueError, "input_dilation"),
-        (lambda r: nnx.Conv(3, 4, (3, 3), mask=jnp.ones((3, 3, 3, 4)), rngs=r), ValueError, "mask"),
+        (
+            lambda r: nnx.Linear(3, 4, rngs=r),
+            TypeError,
+            "Conv and flax.nnx.ConvTranspose layers .* got Linear",
+        ),
+        # What the layer's own call refuses, at construction (the map is applied there).
+        (lambda r: nnx.Conv(3, 4, (3, 3), padding="CAUSAL", rngs=r), ValueError, "Causal padding"),
     ],
+    ids=["linear", "causal-2d"],
 )
-def test_layers_it_does_not_model_are_refused(make, error, message):
+def test_layers_it_cannot_normalise_are_refused(make, error, message):
     with pytest.raises(error, match=message):
         SpectralNorm(make(nnx.Rngs(0)), 8, rngs=nnx.Rngs(1))
 
