@@ -81,7 +81,8 @@ def track(
 def refresh(apply_map: LayerMap, weight: jax.Array, vectors: Vectors, eps: float) -> Vectors:
     """:func:`convsv._power_steps.refresh`, with a fixed random map (evaluations repeat)."""
     r = jax.random.normal(jax.random.key(0), vectors[1].shape, vectors[1].dtype)
-    return power_steps.refresh(vectors, r, _applied(apply_map, weight), jax.vjp, eps, jnp)
+    # One loop, not 30 unrolled steps: the inference branch compiles in seconds, not tens of them.
+    return power_steps.refresh(vectors, r, _applied(apply_map, weight), jax.vjp, eps, jnp, jax.lax.fori_loop)
 
 
 def divisor(apply_map: LayerMap, weight: jax.Array, u: jax.Array, v: jax.Array) -> jax.Array:

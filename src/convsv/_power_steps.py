@@ -84,14 +84,23 @@ def steps(
     vjp: Callable[..., Any],
     eps: float,
     xp: Namespace,
+    loop: Callable[..., Any] | None = None,
 ) -> Vectors:
     """``count`` locally optimal steps from ``(u, v, p)``: the new ``(u, v, p)``.
 
-    A Python loop: traced, it unrolls (a loop primitive would be compiled again at every eager call
-    of a Keras layer, and rounds differently from the eager steps under JAX).
+    By default a Python loop, which a trace unrolls (a loop primitive would be compiled again at
+    every eager call of a Keras layer). ``loop`` (``jax.lax.fori_loop``) keeps a long run of
+    steps one loop in a compiled program, which compiles in a fraction of the time.
     """
-    for _ in range(count):
-        vectors = locally_optimal_step(vectors[1], vectors[2], apply, vjp, eps, xp)
+
+    def body(_: Any, state: Vectors) -> Vectors:
+        return locally_optimal_step(state[1], state[2], apply, vjp, eps, xp)
+
+    if loop is not None:
+        looped: Vectors = loop(0, count, body, vectors)
+        return looped
+    for i in range(count):
+        vectors = body(i, vectors)
     return vectors
 
 
@@ -102,6 +111,7 @@ def refresh(
     vjp: Callable[..., Any],
     eps: float,
     xp: Namespace,
+    loop: Callable[..., Any] | None = None,
 ) -> Vectors:
     """The better of ``WARM_STEPS`` steps from the stored vectors and from a restart: the new ``(u, v, p)``.
 
@@ -110,11 +120,12 @@ def refresh(
     then miss it when it overtakes. The restart is ``v`` and the fixed random map ``r`` in equal
     parts, which gives every direction its share back; the warm steps keep what tracking gained
     where nothing overtook. The larger ``<u, A v>`` (both are lower bounds on the norm) wins.
+    ``loop`` is :func:`steps`'.
     """
     _, v, p = vectors
-    warm = steps(vectors, WARM_STEPS, apply, vjp, eps, xp)
+    warm = steps(vectors, WARM_STEPS, apply, vjp, eps, xp, loop)
     start = unit(v + unit(r, eps, xp), eps, xp)
-    fresh = steps((vectors[0], start, xp.zeros_like(p)), WARM_STEPS, apply, vjp, eps, xp)
+    fresh = steps((vectors[0], start, xp.zeros_like(p)), WARM_STEPS, apply, vjp, eps, xp, loop)
     better = _dot(warm[0], apply(warm[1]), xp) >= _dot(fresh[0], apply(fresh[1]), xp)
     u, v, p = (xp.where(better, a, b) for a, b in zip(warm, fresh, strict=True))
     return u, v, p
