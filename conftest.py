@@ -26,8 +26,9 @@ _AVAILABLE = {
     "flax": not any(_missing(module) for module in ("flax", "optax")),
 }
 _REQUIRED = os.environ.get("CONVSV_REQUIRE_ADAPTERS") == "1"
-# The private modules that hold part of a public adapter, with doctests that need its framework.
-_ADAPTER_PARTS = {
+# The private modules that hold part of a public adapter, with doctests that need its framework
+# (noxfile.py reads this table too).
+ADAPTER_PARTS = {
     "keras": ["_keras_constraint", "_keras_spectral_norm"],
     "optax": ["_jax_layers"],
     "torch": ["_torch_spectral_norm", "_lipschitz", "_lipschitz_maps"],
@@ -37,7 +38,7 @@ _ADAPTER_PARTS = {
 # Each adapter's test modules (test_torch.py, test_torch_spectral_norm.py, ...) and sources.
 ADAPTER_FILES = {
     name: [f"tests/adapters/test_{name}*.py"]
-    + [f"src/convsv/{module}.py" for module in (name, *_ADAPTER_PARTS.get(name, []))]
+    + [f"src/convsv/{module}.py" for module in (name, *ADAPTER_PARTS.get(name, []))]
     for name in _AVAILABLE
 }
 collect_ignore_glob = [

@@ -23,6 +23,7 @@ environment.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import subprocess
 from pathlib import Path
 
@@ -82,14 +83,17 @@ ADAPTERS = {
 }
 
 
-# The private modules that hold part of a public adapter, with doctests that need its framework.
-ADAPTER_PARTS = {
-    "keras": ["_keras_constraint", "_keras_spectral_norm"],
-    "optax": ["_jax_layers"],
-    "torch": ["_torch_spectral_norm", "_lipschitz", "_lipschitz_maps"],
-    "equinox": ["_jax_spectral_norm"],
-    "flax": ["_jax_spectral_norm"],
-}
+def _adapter_parts() -> dict[str, list[str]]:
+    """The private modules that hold part of each public adapter: conftest.py's table, the one copy."""
+    spec = importlib.util.spec_from_file_location("convsv_conftest", Path(__file__).with_name("conftest.py"))
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return dict(module.ADAPTER_PARTS)
+
+
+ADAPTER_PARTS = _adapter_parts()
 
 
 def _adapter_files(module: str) -> list[str]:
