@@ -185,6 +185,7 @@ class _Walk:
         if result is not None:
             return NodeBound(name, self.kinds[name], result[1], result[2], result[0])
         how = f"folded into {self.folded[name]}" if name in self.folded else "not used by the output"
+        how = "does not depend on the input" if self.values[name].static else how
         return NodeBound(name, self.kinds[name], None, how, None)
 
     def _kind(self, node: fx.Node) -> str:
@@ -569,6 +570,36 @@ def lipschitz_bound(
     Lipschitz constant: lower 3, upper 3  (upper / lower = 1)
     """
     _check_arguments(model, example_input)
+    training = model.training
+    model.eval()
+    try:
+        # fx keeps torch.nn layers as call_module nodes, but traces the root's own forward: wrap a bare layer.
+        root = nn.Sequential(model) if fx.Tracer().is_leaf_module(model, "") else model
+        graph_module = fx.symbolic_trace(root)
+        return certify_graph(
+            graph_module,
+            example_input,
+            tol=tol,
+            method=method,
+            lower_bound_samples=lower_bound_samples,
+            lower_bound_iterations=lower_bound_iterations,
+            seed=seed,
+        )
+    finally:
+        model.train(training)
+
+
+def certify_graph(
+    graph_module: fx.GraphModule,
+    example_input: torch.Tensor,
+    *,
+    tol: float | None = None,
+    method: str = "auto",
+    lower_bound_samples: int = 4,
+    lower_bound_iterations: int = 30,
+    seed: int = 0,
+) -> LipschitzReport:
+    """:func:`lipschitz_bound` of an fx graph module in eval mode (PyTorch's, or an ONNX file's)."""
     if method == "power":
         msg = "method='power' estimates a norm from below; a certificate needs an upper bound"
         raise ValueError(msg)
@@ -576,22 +607,14 @@ def lipschitz_bound(
         if not isinstance(value, int) or value < 0:
             msg = f"`{name}` must be a non-negative int, got {value!r}"
             raise ValueError(msg)
-    training = model.training
-    model.eval()
-    try:
-        # fx keeps torch.nn layers as call_module nodes, but traces the root's own forward: wrap a bare layer.
-        root = nn.Sequential(model) if fx.Tracer().is_leaf_module(model, "") else model
-        graph_module = fx.symbolic_trace(root)
-        inputs = [node for node in graph_module.graph.nodes if node.op == "placeholder"]
-        if len(inputs) != 1:
-            msg = f"node {inputs[-1].name!r} (placeholder input): lipschitz_bound takes models of one input"
-            raise TypeError(msg)
-        with torch.no_grad():
-            ShapeProp(graph_module).propagate(example_input)
-        upper, rows = _Walk(graph_module, tol, method).run()
-        lower = None
-        if lower_bound_samples:
-            lower = _local_lower(model, example_input, lower_bound_samples, lower_bound_iterations, seed)
-    finally:
-        model.train(training)
+    inputs = [node for node in graph_module.graph.nodes if node.op == "placeholder"]
+    if len(inputs) != 1:
+        msg = f"node {inputs[-1].name!r} (placeholder input): lipschitz_bound takes models of one input"
+        raise TypeError(msg)
+    with torch.no_grad():
+        ShapeProp(graph_module).propagate(example_input)
+    upper, rows = _Walk(graph_module, tol, method).run()
+    lower = None
+    if lower_bound_samples:
+        lower = _local_lower(graph_module, example_input, lower_bound_samples, lower_bound_iterations, seed)
     return LipschitzReport(upper, lower, rows)

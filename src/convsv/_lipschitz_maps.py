@@ -357,6 +357,14 @@ def is_identity(node: fx.Node) -> bool:
     return True
 
 
+def _pad(node: fx.Node) -> tuple[float, str]:
+    mode = arg(node, 2, "mode", "constant")
+    if mode != "constant":
+        msg = f"F.pad with mode {mode!r} repeats entries; constant padding is modelled"
+        raise ValueError(msg)
+    return 1.0, "pads with a constant (or crops): copies entries"
+
+
 FUNCTION_RULES: dict[Any, Callable[[fx.Node], tuple[float, str]]] = {
     **dict.fromkeys(
         (F.relu, torch.relu, "relu", F.relu6, F.hardtanh, torch.tanh, F.tanh, "tanh", torch.clamp, "clamp"),
@@ -390,4 +398,5 @@ FUNCTION_RULES: dict[Any, Callable[[fx.Node], tuple[float, str]]] = {
     F.gelu: lambda n: _gelu(str(n.kwargs.get("approximate", "none"))),
     F.silu: lambda n: (_peak_slope("silu"), "largest slope of SiLU (fine grid)"),
     F.hardswish: lambda n: (1.5, "slope (2x + 3) / 6 on [-3, 3], at most 3/2"),
+    F.pad: _pad,
 }

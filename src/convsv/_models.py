@@ -286,6 +286,23 @@ def read_torch(path: Path, input_size: Sequence[int] | None, layout: str | None)
     if _torchscript.is_torchscript(path):
         return _torchscript.read_torchscript(path, input_size)
     torch = _need("torch", "PyTorch checkpoints")
+    body = load_checkpoint(path)
+    if isinstance(body, torch.nn.Module):
+        return Model(str(path), "PyTorch module", _torch_module(body, input_size, path))
+    if isinstance(body, Mapping):
+        arrays = {
+            key: torch_layers.to_numpy(value)
+            for key, value in body.items()
+            if _is_tensor(value) and (key.endswith("weight") or "." not in key)
+        }
+        return _tensor_archive(path, "PyTorch state dict", arrays, None, layout, last=False)
+    msg = f"{path}: holds a {type(body).__name__}, neither a torch.nn.Module nor a state dict"
+    raise ModelError(msg)
+
+
+def load_checkpoint(path: Path) -> Any:
+    """What a (non-TorchScript) PyTorch checkpoint holds, unwrapped; only ``torch.nn``'s classes are built."""
+    torch = _need("torch", "PyTorch checkpoints")
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
     except Exception as err:
@@ -308,18 +325,7 @@ def read_torch(path: Path, input_size: Sequence[int] | None, layout: str | None)
             obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:
         raise _unreadable(path, "PyTorch checkpoint", err) from None
-    body = checkpoint_contents(obj)
-    if isinstance(body, torch.nn.Module):
-        return Model(str(path), "PyTorch module", _torch_module(body, input_size, path))
-    if isinstance(body, Mapping):
-        arrays = {
-            key: torch_layers.to_numpy(value)
-            for key, value in body.items()
-            if _is_tensor(value) and (key.endswith("weight") or "." not in key)
-        }
-        return _tensor_archive(path, "PyTorch state dict", arrays, None, layout, last=False)
-    msg = f"{path}: holds a {type(body).__name__}, neither a torch.nn.Module nor a state dict"
-    raise ModelError(msg)
+    return checkpoint_contents(obj)
 
 
 # --- Keras --------------------------------------------------------------------------------------------

@@ -224,8 +224,8 @@ def _graph_layers(
             yield from _graph_layers(onnx, sub, f"{name}/{label}/", constants, shapes, path, depth + 1)
 
 
-def read_onnx(path: Path, input_size: Sequence[int] | None, layout: str | None) -> Model:
-    """The convolutions of an ONNX model, its subgraphs' included (see the module's docstring)."""
+def load_inferred(path: Path, input_size: Sequence[int] | None) -> tuple[Any, Any, str]:
+    """``(onnx, model, note)``: the file's model, resized to ``input_size`` if given, its shapes inferred."""
     onnx = _need("onnx", "ONNX models")
     try:
         model = onnx.load(str(path))
@@ -234,7 +234,12 @@ def read_onnx(path: Path, input_size: Sequence[int] | None, layout: str | None) 
     if not model.graph.node:
         raise _unreadable(path, "ONNX", ValueError("the graph has no nodes"))
     note = _resize_input(onnx, model, input_size) if input_size is not None else ""
-    inferred = _infer_shapes(onnx, model, path)
+    return onnx, _infer_shapes(onnx, model, path), note
+
+
+def read_onnx(path: Path, input_size: Sequence[int] | None, layout: str | None) -> Model:
+    """The convolutions of an ONNX model, its subgraphs' included (see the module's docstring)."""
+    onnx, inferred, note = load_inferred(path, input_size)
     found = list(_graph_layers(onnx, inferred.graph, "", {}, {}, path, depth=0))
     result = Model(str(path), "ONNX", [layer for layer, _ in found], [note] if note else [])
     inner = [layer for layer, depth in found if depth > 0]

@@ -4,7 +4,9 @@
 convolutions (PyTorch, safetensors, Keras, ONNX or ``.npz`` files); with no
 file it analyses a small CNN trained on scikit-learn's digits that ships with
 the package. ``convsv spectrum [KERNEL.npy] --input-size H W`` reports one
-kernel's layer the same way, as a model of one layer.
+kernel's layer the same way, as a model of one layer. ``convsv analyze MODEL
+--network`` certifies the whole network's Lipschitz constant from its graph
+(PyTorch modules and ONNX files).
 
 Exit status: 0 on success, 1 when a model cannot be read or analysed, 2 for
 a malformed command line. On failure only the error is written.
@@ -146,6 +148,13 @@ def _analyze_parser(commands: Any) -> None:
         help="kernel axes for formats without layer information (.npz default HWIO, state dicts and "
         "safetensors OIHW); the spatial rank is taken from each kernel",
     )
+    analyze.add_argument(
+        "--network",
+        action="store_true",
+        help="certify the whole network's Lipschitz constant (l2, eval mode) from its graph: batch norm "
+        "folded, residuals composed, a local lower bound beside it (a .pt/.pth holding a torch.nn.Module, "
+        "or an .onnx file; computes with PyTorch on the CPU)",
+    )
     _output_options(analyze)
     analyze.set_defaults(usage=analyze)
 
@@ -156,6 +165,8 @@ def _analyze(args: argparse.Namespace) -> int:
     if input_size is not None and min(input_size) <= 0:
         msg = f"--input-size must be positive, got {input_size}"
         raise ModelError(msg)
+    if args.network:
+        return _network(args)
     if args.model is None:
         source = resources.files("convsv") / "data" / "digits_cnn.npz"
         with resources.as_file(source) as path:
@@ -174,6 +185,34 @@ def _analyze(args: argparse.Namespace) -> int:
         model.layers = chosen
     resolve_sizes(model, input_size)
     return _report(model, args, Path(model.source).name if args.model else "bundled digits CNN")
+
+
+def _network(args: argparse.Namespace) -> int:
+    """``convsv analyze MODEL --network``: the network's certified Lipschitz bound."""
+    from ._network import certify_file, network_csv, network_json
+
+    unused = {
+        "MODEL": args.model is None,
+        "--plot": args.plot,
+        "--layers": args.layers,
+        "--layout": args.layout,
+    }
+    unused |= {"--backend": args.backend not in (None, "torch"), "--device": args.device != "cpu"}
+    for flag, given in unused.items():
+        if given:
+            problem = "is needed" if flag == "MODEL" else "is not used"
+            msg = f"{flag} {problem} with --network (a model file's graph, certified with PyTorch on the CPU)"
+            raise UsageError(msg)
+    report, format_, notes = certify_file(Path(args.model), args.input_size)
+    if args.format == "json":
+        text = network_json(report, args.model, format_)
+    elif args.format == "csv":
+        text = network_csv(report)
+    else:
+        header = f"convsv {__version__}: {args.model} ({format_}, network certificate, torch on cpu)"
+        text = "\n".join([header, *(f"note: {note}" for note in notes), str(report)]) + "\n"
+    _write(text)
+    return 0
 
 
 def _layers_text(count: int) -> str:
