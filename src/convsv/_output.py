@@ -80,7 +80,8 @@ def format_table(model: Model, rows: list[dict[str, Any]], header: str) -> str:
         out += [
             f"Product of the layers' norms (upper bounds where zero-padded): {rows[-1]['norm_product']:.6g}",
             "  an upper bound on the Lipschitz constant of these convolutions applied in sequence; it bounds",
-            "  the network only where everything between them is 1-Lipschitz and nothing skips a layer.",
+            "  the network only where everything between them is 1-Lipschitz and nothing skips a layer",
+            "  (--network certifies a whole PyTorch module or ONNX graph).",
         ]
     notes = list(model.notes) + [f"{r['name']}: {r['note']}" for r in rows if r["note"]]
     out += [f"note: {n}" for n in notes]
