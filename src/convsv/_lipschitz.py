@@ -30,6 +30,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ._lipschitz_maps import (
     FUNCTION_RULES,
+    FUNCTIONAL_LAYERS,
     IDENTITY_MODULES,
     MODULE_RULES,
     Map,
@@ -38,11 +39,13 @@ from ._lipschitz_maps import (
     bn_scale,
     compose,
     conv_map,
+    functional_layer,
     is_identity,
     max_pool_constant,
     norm_of,
     plus_identity,
     pool_dims,
+    upsample_map,
 )
 
 __all__ = ["LipschitzReport", "NodeBound", "lipschitz_bound"]
@@ -286,6 +289,9 @@ class _Walk:
             d = pool_dims(module)
             constant = max_pool_constant(module, spatial_of(x, d), spatial_of(node, d))
             return self._scaled(node, constant, "sqrt(most windows a pixel is in)")
+        if isinstance(module, nn.Upsample):
+            d = len(self._shape(x)) - 2
+            return self._linear(node, upsample_map(name, module, spatial_of(x, d), spatial_of(node, d)))
         rule = MODULE_RULES.get(type(module))
         if rule is None:
             msg = f"no Lipschitz rule for {type(module).__name__}"
@@ -312,6 +318,8 @@ class _Walk:
             return self._rule_reduce(node)
         if target in _PIECES:
             return self._scaled(node, 1.0, "pieces of its input")
+        if target in FUNCTIONAL_LAYERS:  # F.conv2d(x, self.weight), F.avg_pool2d(x, 2)...: as the layer
+            return self._rule_module(node, functional_layer(node, self._constant))
         rule = FUNCTION_RULES.get(target)
         if rule is None:
             msg = f"no Lipschitz rule for {self.kinds[node.name]}"
@@ -541,10 +549,11 @@ def lipschitz_bound(
     ``max(1, |slope|)``; sigmoid 1/4; hardsigmoid 1/6; hardswish 3/2; GELU
     ``(1 + erf 1) / 2 + exp(-1) / sqrt(pi)`` (1.1289); tanh-GELU and SiLU their
     largest slope on a fine grid, plus ``1e-6``; dropout (eval), flatten,
-    reshapes, permutes and basic indexing 1; max pooling
+    reshapes, permutes, basic indexing and constant ``F.pad`` 1; max pooling
     ``sqrt(c)``, ``c`` the most windows any pixel is in (1 without overlap);
     average pooling its exact norm (product of the per-axis averaging
-    matrices' norms); a mean over ``m`` entries ``1 / sqrt(m)``; ``torch.cat``
+    matrices' norms); upsampling (nearest, (bi/tri)linear) its exact norm, the
+    same way; a mean over ``m`` entries ``1 / sqrt(m)``; ``torch.cat``
     ``sqrt(sum L_i^2)``; broadcasting that repeats each entry ``r`` times
     ``sqrt(r)``.
 

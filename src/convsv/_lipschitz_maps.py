@@ -36,9 +36,10 @@ class Map:
     ``shape`` the input's spatial shape, ``pads`` PyTorch's ``(before, after)``
     zeros per axis, ``centre`` the tap reading the output's own position when
     there is one), ``"matrix"`` (``weight`` is ``(out, in)``), ``"scale"``
-    (per-channel factors on axis 1) or ``"pool"`` (``norm`` given; ``window``
-    set when it is a non-overlapping average that a following convolution can
-    absorb). All in float64.
+    (per-channel factors on axis 1) or ``"pool"`` (a separable map of pooling
+    or interpolation, ``norm`` given, ``basis`` naming its per-axis matrices;
+    ``window`` set when it is a non-overlapping average that a following
+    convolution can absorb). All in float64.
     """
 
     kind: str
@@ -50,6 +51,7 @@ class Map:
     centre: tuple[int, ...] | None = None
     norm: float | None = None
     window: tuple[int, ...] | None = None
+    basis: str = "averaging"
 
 
 # --- norms and folds of linear maps ----------------------------------------------------------------
@@ -68,7 +70,7 @@ def norm_of(linear: Map, tol: float | None, method: str) -> tuple[float, str]:
     if linear.kind == "scale":
         return float(linear.weight.abs().max()), f"exact norm (largest |scale|) of {label}"
     assert linear.norm is not None
-    return linear.norm, f"exact norm (per-axis averaging matrices) of {label}"
+    return linear.norm, f"exact norm (per-axis {linear.basis} matrices) of {label}"
 
 
 def _groups(conv: Map) -> tuple[int, int, int]:
@@ -242,6 +244,94 @@ def avg_pool_map(name: str, module: Any, spatial: tuple[int, ...]) -> Map:
         norm /= module.divisor_override
     foldable = tuple(window) if all(window) else None
     return Map("pool", torch.ones(()), (name,), shape=spatial, norm=norm, window=foldable)
+
+
+def upsample_map(name: str, module: Any, spatial: tuple[int, ...], out: tuple[int, ...]) -> Map:
+    """Upsampling: nearest and (bi/tri)linear interpolation are separable, like average pooling.
+
+    Each axis's index map (nearest) or weights (linear) depend on that axis
+    alone, so the d-D map is the Kronecker product of the 1-D ones, computed
+    with the same scale factor (or output size) per axis.
+    """
+    mode = module.mode
+    if mode not in ("nearest", "nearest-exact", "linear", "bilinear", "trilinear"):
+        msg = f"upsampling mode {mode!r} (nearest and (bi/tri)linear are modelled)"
+        raise ValueError(msg)
+    linear = mode not in ("nearest", "nearest-exact")
+    norm, d = 1.0, len(spatial)
+    for axis, n in enumerate(spatial):
+        if module.scale_factor is not None and not module.recompute_scale_factor:
+            size: dict[str, Any] = {"scale_factor": float(_per_axis(module.scale_factor, d)[axis])}
+        else:
+            size = {"size": out[axis]}
+        options = {"mode": "linear", "align_corners": module.align_corners} if linear else {"mode": mode}
+        matrix = _axis_matrix(n, partial(F.interpolate, **size, **options))
+        norm *= float(torch.linalg.matrix_norm(matrix, 2))
+    return Map("pool", torch.ones(()), (name,), shape=spatial, norm=norm, basis="interpolation")
+
+
+#: Functions that are a torch.nn layer called with its weights as arguments: the layer, and the
+#: names of the function's arguments after the input, in order (PyTorch's builtins have no signature).
+_CONV_ARGS = ("weight", "bias", "stride", "padding", "dilation", "groups")
+_TRANSPOSED_ARGS = ("weight", "bias", "stride", "padding", "output_padding", "groups", "dilation")
+_AVG_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+_MAX_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+FUNCTIONAL_LAYERS: dict[Any, tuple[type, tuple[str, ...]]] = {
+    F.linear: (nn.Linear, ("weight", "bias")),
+    F.conv1d: (nn.Conv1d, _CONV_ARGS),
+    F.conv2d: (nn.Conv2d, _CONV_ARGS),
+    F.conv3d: (nn.Conv3d, _CONV_ARGS),
+    F.conv_transpose1d: (nn.ConvTranspose1d, _TRANSPOSED_ARGS),
+    F.conv_transpose2d: (nn.ConvTranspose2d, _TRANSPOSED_ARGS),
+    F.conv_transpose3d: (nn.ConvTranspose3d, _TRANSPOSED_ARGS),
+    F.avg_pool1d: (nn.AvgPool1d, _AVG_ARGS[:5]),
+    F.avg_pool2d: (nn.AvgPool2d, _AVG_ARGS),
+    F.avg_pool3d: (nn.AvgPool3d, _AVG_ARGS),
+    F.max_pool1d: (nn.MaxPool1d, _MAX_ARGS),
+    F.max_pool2d: (nn.MaxPool2d, _MAX_ARGS),
+    F.max_pool3d: (nn.MaxPool3d, _MAX_ARGS),
+    F.adaptive_avg_pool1d: (nn.AdaptiveAvgPool1d, ("output_size",)),
+    F.adaptive_avg_pool2d: (nn.AdaptiveAvgPool2d, ("output_size",)),
+    F.adaptive_avg_pool3d: (nn.AdaptiveAvgPool3d, ("output_size",)),
+    F.adaptive_max_pool1d: (nn.AdaptiveMaxPool1d, ("output_size", "return_indices")),
+    F.adaptive_max_pool2d: (nn.AdaptiveMaxPool2d, ("output_size", "return_indices")),
+    F.adaptive_max_pool3d: (nn.AdaptiveMaxPool3d, ("output_size", "return_indices")),
+    F.interpolate: (
+        nn.Upsample,
+        ("size", "scale_factor", "mode", "align_corners", "recompute_scale_factor", "antialias"),
+    ),
+}
+
+
+def functional_layer(node: fx.Node, constant: Callable[[Any], torch.Tensor | None]) -> nn.Module:
+    """The ``torch.nn`` layer a functional call computes; ``constant`` reads a stored tensor argument."""
+    cls, names = FUNCTIONAL_LAYERS[node.target]
+    given: dict[str, Any] = dict(zip(names, node.args[1:], strict=False)) | dict(node.kwargs)
+    if given.pop("antialias", False):
+        msg = "antialiased interpolation"
+        raise ValueError(msg)
+    if "weight" not in given:
+        pool: nn.Module = cls(**{k: v for k, v in given.items() if v is not None or k == "stride"})
+        return pool
+    weight = constant(given.pop("weight"))
+    if weight is None:
+        msg = "its weight is computed in the forward pass; only weights stored in the model are modelled"
+        raise TypeError(msg)
+    given.pop("bias", None)  # a shift: no part of the Lipschitz constant
+    if cls is nn.Linear:
+        layer: Any = nn.Linear(weight.shape[1], weight.shape[0], bias=False, dtype=weight.dtype)
+    else:
+        groups = int(given.get("groups", 1))
+        transposed = "output_padding" in names
+        channels = (
+            (weight.shape[0], weight.shape[1] * groups)
+            if transposed
+            else (weight.shape[1] * groups, weight.shape[0])
+        )
+        layer = cls(*channels, weight.shape[2:], bias=False, dtype=weight.dtype, **given)
+    layer.weight.data = weight
+    module: nn.Module = layer
+    return module
 
 
 def pool_dims(module: nn.Module) -> int:

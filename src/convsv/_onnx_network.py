@@ -237,9 +237,7 @@ class _Translation:
         return self.function(label, F.elu, x, alpha=float(attrs.get("alpha", 1.0)))
 
     def _gelu(self, node: Any, label: str, x: fx.Node, attrs: dict[str, Any]) -> fx.Node:
-        approximate = attrs.get("approximate", b"none")
-        approximate = approximate.decode() if isinstance(approximate, bytes) else approximate
-        return self.function(label, F.gelu, x, approximate=approximate)
+        return self.function(label, F.gelu, x, approximate=_text(attrs.get("approximate", "none")))
 
     def _clip(self, node: Any, label: str, x: fx.Node, attrs: dict[str, Any]) -> fx.Node:
         bounds = [attrs.get("min"), attrs.get("max")]  # opset < 11: attributes; later: inputs
@@ -254,13 +252,9 @@ class _Translation:
         kernel = tuple(attrs["kernel_shape"])
         d = len(kernel)
         pads = list(attrs.get("pads", [0] * 2 * d))
-        if pads[:d] != pads[d:] or attrs.get("auto_pad", b"NOTSET") not in (
-            b"NOTSET",
-            "NOTSET",
-            b"VALID",
-            "VALID",
-        ):
-            msg = f"uneven or automatic pooling pads ({pads}, auto_pad {attrs.get('auto_pad')!r})"
+        auto = _text(attrs.get("auto_pad", "NOTSET"))
+        if pads[:d] != pads[d:] or auto not in ("NOTSET", "VALID"):
+            msg = f"uneven or automatic pooling pads ({pads}, auto_pad {auto!r})"
             raise _Unsupported(msg)
         options: dict[str, Any] = {
             "stride": tuple(attrs.get("strides", [1] * d)),
@@ -315,9 +309,38 @@ class _Translation:
         dims = tuple(range(rank)) if not axes else tuple(int(a) for a in axes)
         return self.function(label, torch.mean, x, dim=dims, keepdim=bool(attrs.get("keepdims", 1)))
 
+    def _resize(self, node: Any, label: str, x: fx.Node, attrs: dict[str, Any]) -> fx.Node:
+        """``Resize`` as ``nn.Upsample`` where their index rules agree (tested against ONNX's reference)."""
+        mode, coordinates, rounding = (
+            _text(attrs.get(key, default))
+            for key, default in (
+                ("mode", "nearest"),
+                ("coordinate_transformation_mode", "half_pixel"),
+                ("nearest_mode", "round_prefer_floor"),
+            )
+        )
+        before, after = self.shape(node.input[0]), self.shape(node.output[0])
+        d = len(before) - 2
+        if before[:2] != after[:2] or attrs.get("antialias", 0) or d not in (1, 2, 3):
+            msg = "resizing the batch or channel axes, or antialiased"
+            raise _Unsupported(msg)
+        if mode == "nearest" and coordinates == "asymmetric" and rounding == "floor":
+            options: dict[str, Any] = {"mode": "nearest"}
+        elif mode == "linear" and coordinates in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+            options = {"mode": ("linear", "bilinear", "trilinear")[d - 1]}
+            options["align_corners"] = coordinates == "align_corners"
+        else:
+            msg = f"Resize mode {mode!r} with {coordinates!r} coordinates (and nearest_mode {rounding!r})"
+            raise _Unsupported(msg)
+        scales = node.input[2] if len(node.input) > 2 else ""
+        if scales and self.constant(scales, "scales").size:
+            options["scale_factor"] = tuple(float(s) for s in self.constant(scales, "scales")[2:])
+        else:
+            options["size"] = after[2:]
+        return self.module(label, nn.Upsample(**options), x)
+
     def _pad(self, node: Any, label: str, x: fx.Node, attrs: dict[str, Any]) -> fx.Node:
-        mode = attrs.get("mode", b"constant")
-        mode = mode.decode() if isinstance(mode, bytes) else mode
+        mode = _text(attrs.get("mode", "constant"))
         if mode != "constant":
             msg = f"padding mode {mode!r} repeats entries; constant padding is modelled"
             raise _Unsupported(msg)
@@ -333,6 +356,11 @@ class _Translation:
 
 _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN_INPUTS = ("scale", "bias", "mean", "variance")
+
+
+def _text(value: Any) -> str:
+    """An ONNX string attribute as ``str`` (the helper returns ``bytes``)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _linear(weight: np.ndarray, bias: np.ndarray | None) -> nn.Linear:

@@ -283,7 +283,68 @@ LINEAR = {
     "adaptive-avgpool-uneven": (lambda: nn.AdaptiveAvgPool2d((3, 5)), (2, 7, 8)),
     "mean-scale-cat": (lambda: Mixed(), (2, 4, 4)),
     "broadcast-add": (lambda: Broadcast(), (2, 4, 4)),
+    "upsample-nearest": (lambda: nn.Upsample(scale_factor=2), (2, 3, 4)),
+    "upsample-nearest-fractional": (lambda: nn.Upsample(scale_factor=1.7), (1, 5, 4)),
+    "upsample-bilinear-aligned": (
+        lambda: nn.Upsample(scale_factor=1.5, mode="bilinear", align_corners=True),
+        (2, 4, 6),
+    ),
+    "upsample-trilinear": (lambda: nn.Upsample(scale_factor=(2, 1.5, 1), mode="trilinear"), (1, 3, 4, 2)),
+    "interpolate-bilinear-size": (lambda: Functional("interpolate"), (1, 4, 5)),
+    "functional-linear": (lambda: Functional("linear"), (5,)),
+    "functional-conv1x1-bn": (lambda: nn.Sequential(Functional("conv1x1"), _bn(3, 8)), (2, 4, 5)),
 }
+
+
+class Functional(nn.Module):
+    """One layer called as a function with a stored weight: ``F.linear``, ``F.conv2d``, ``F.interpolate``."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        generator = torch.Generator().manual_seed(len(kind))
+        shape = {"linear": (3, 5), "conv1x1": (3, 2, 1, 1)}.get(kind, (1,))
+        self.weight = nn.Parameter(torch.randn(shape, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "linear":
+            return F.linear(x, self.weight, self.weight.new_ones(3))
+        if self.kind == "conv1x1":
+            return F.conv2d(x, self.weight)
+        return F.interpolate(x, size=(7, 9), mode="bilinear")
+
+
+class FunctionalNet(nn.Module):
+    """Convolutions, pooling and a linear head, as functions of stored weights or as modules."""
+
+    def __init__(self, functional: bool) -> None:
+        super().__init__()
+        torch.manual_seed(9)
+        self.functional = functional
+        self.conv = nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2)
+        self.up = nn.ConvTranspose2d(6, 4, 3, stride=2, padding=1, output_padding=1)
+        self.maxpool, self.avgpool = nn.MaxPool2d(3, stride=2, padding=1), nn.AvgPool2d(2)
+        self.adaptive, self.head = nn.AdaptiveAvgPool2d(2), nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.functional:
+            y = self.maxpool(self.up(torch.relu(self.conv(self.avgpool(x)))))
+            return self.head(self.adaptive(y).flatten(1))
+        c, u = self.conv, self.up
+        y = F.conv2d(F.avg_pool2d(x, 2), c.weight, c.bias, 2, 1, 1, 2)
+        y = F.conv_transpose2d(torch.relu(y), u.weight, u.bias, stride=2, padding=1, output_padding=1)
+        y = F.max_pool2d(y, 3, 2, 1)
+        return F.linear(F.adaptive_avg_pool2d(y, 2).flatten(1), self.head.weight, self.head.bias)
+
+
+def test_functional_layers_are_certified_as_their_modules() -> None:
+    x = torch.randn(1, 4, 12, 12)
+    as_modules = lipschitz_bound(FunctionalNet(False), x, lower_bound_samples=0)
+    as_functions = lipschitz_bound(FunctionalNet(True), x, lower_bound_samples=0)
+    assert as_functions.upper == as_modules.upper
+    constants = [node.constant for node in as_functions.nodes if node.constant not in (None, 1.0)]
+    assert constants == [node.constant for node in as_modules.nodes if node.constant not in (None, 1.0)]
+    assert "folded into conv2d" in [node.how for node in as_functions.nodes]  # the pool, as for modules
 
 
 class Mixed(nn.Module):
@@ -488,6 +549,15 @@ class TrainingDropout(nn.Module):
         return F.dropout(x, 0.5, training=True)
 
 
+class ComputedWeight(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(2, 2, 3, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight / self.weight.std())  # weight standardisation: computed
+
+
 class TwoInputs(nn.Module):
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return x + y
@@ -518,6 +588,19 @@ ERRORS = {
         ["'_1'", "Softmax"],
     ),
     "two-inputs": (TwoInputs, (1, 4), TypeError, ["'y'", "input"]),
+    "computed-weight": (ComputedWeight, (1, 2, 5, 5), TypeError, ["'conv2d'", "computed"]),
+    "bicubic": (
+        lambda: nn.Upsample(scale_factor=2, mode="bicubic"),
+        (1, 1, 4, 4),
+        ValueError,
+        ["'_0'", "bicubic"],
+    ),
+    "reflect-pad": (
+        lambda: nn.Sequential(nn.ReflectionPad2d(1)),
+        (1, 1, 4, 4),
+        TypeError,
+        ["'_0'", "ReflectionPad2d"],
+    ),
 }
 
 

@@ -210,6 +210,31 @@ def test_every_translated_onnx_operator_matches_onnx_reference(capsys, tmp_path)
     assert [node["name"] for node in folded] == ["conv"]  # into the batch norm after it
 
 
+@pytest.mark.parametrize(
+    "upsample",
+    [
+        {"scale_factor": 2, "mode": "nearest"},
+        {"scale_factor": 1.5, "mode": "bilinear", "align_corners": False},
+        {"size": (7, 9), "mode": "bilinear", "align_corners": True},
+    ],
+)
+def test_onnx_resize_is_upsampling(capsys, tmp_path, upsample):
+    """Exported ``nn.Upsample``: ONNX's reference runs the file as the translation does; the norm is exact."""
+    torch, onnx = need("torch"), need("onnx")
+    from convsv._onnx_network import onnx_network
+
+    path = tmp_path / "upsample.onnx"
+    _export(torch, torch.nn.Upsample(**upsample), (1, 2, 4, 6), path)
+    graph_module, shape, _ = onnx_network(path, None)
+    reference, rng = _reference(onnx, path), np.random.default_rng(3)
+    x = rng.standard_normal(shape).astype(np.float32)
+    np.testing.assert_allclose(graph_module(torch.from_numpy(x)).numpy(), reference(x), rtol=1e-5, atol=1e-6)
+    zero = reference(np.zeros(shape))
+    columns = [(reference(e.reshape(shape)) - zero).ravel() for e in np.eye(math.prod(shape))]
+    dense = np.linalg.norm(np.stack(columns, axis=1), 2)
+    assert analyze_json(capsys, path, "--network")["upper"] == pytest.approx(dense, rel=1e-6)
+
+
 def test_linear_onnx_graph_is_certified_exactly(capsys, tmp_path):
     """``x + BN(conv1x1(x))``: one map ``I + A``, whose norm is the certificate."""
     onnx = need("onnx")
