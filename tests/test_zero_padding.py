@@ -104,6 +104,22 @@ def test_norm_is_the_dense_norm(backend, rng, layer, complex_):
         assert norm <= expected * (1 + 10 * np.finfo(dtype).eps)
 
 
+def test_bracket_is_ordered_where_its_ends_meet(backend):
+    """A 1x1 kernel without padding is its own circular twin: both ends are its norm, round-off apart.
+
+    Before the ends were ordered, each seed here came out with the lower end
+    one ulp above the upper in float32 on NumPy (6, 13, 15) or PyTorch (2, 5, 9).
+    """
+    dtypes = {backend.default_float} if backend.name == "jax-x64" else {backend.default_float, "float32"}
+    for seed in (2, 5, 6, 9, 13, 15):
+        kernel = np.random.default_rng(seed).standard_normal((1, 1, 32, 64))
+        exact = np.linalg.norm(kernel[0, 0], 2)  # the layer is this channel matrix at every pixel
+        for dtype in sorted(dtypes):
+            bounds = convsv.operator_norm_bounds(backend.asarray(kernel, dtype), (16, 16), padding=0)
+            lower, upper = (backend.assert_close(end, exact, dtype=dtype) for end in bounds)
+            assert lower <= upper, (seed, dtype, lower, upper)  # compared in the dtype returned
+
+
 def _clustered(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A 4x4, 3 -> 7 layer on 6x12 with padding 2 whose top singular values nearly coincide.
 

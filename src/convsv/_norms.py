@@ -390,6 +390,8 @@ def operator_norm_bounds(
     -------
     lower : array, shape ``()``
         A norm the layer attains on a unit vector, so ``lower <= ||layer||``.
+        Never above ``upper`` in the returned dtype: where the two meet to
+        within round-off (a layer equal to its circular twin), it is ``upper``.
     upper : array, shape ``()``
         ``||layer|| <= upper``, up to floating-point round-off.
 

@@ -159,7 +159,11 @@ def norm_bounds(kernel: Array, spec: ConvSpec, xp: Namespace, options: NormOptio
     upper = circular_norm(array, spec, xp, options)  # the circular layer on the (padded) grid
     if spec.circular:
         return upper, upper
-    return padded_norm(array, spec, xp, options), upper
+    # Where the two ends meet (a 1x1 kernel without padding is its circular twin), their round-off can
+    # put the lower one an ulp above: the bracket is ordered in the dtype it is reported in. (NumPy's
+    # minimum of two 0-d arrays is a scalar; where keeps an array.)
+    lower = padded_norm(array, spec, xp, options)
+    return xp.where(lower > upper, upper, lower), upper
 
 
 def _spectrum_of_unit(
