@@ -100,7 +100,13 @@ def _parser() -> argparse.ArgumentParser:
 def _output_options(command: argparse.ArgumentParser) -> None:
     """What both commands share: how to print, what to compute with, the figure and the progress bar."""
     command.add_argument("--format", choices=("table", "json", "csv"), default="table", help="output format")
-    command.add_argument("--plot", metavar="FILE", help="write the paper's Figures 5-7 (PNG, PDF or SVG)")
+    figure = command.add_mutually_exclusive_group()
+    figure.add_argument("--plot", metavar="FILE", help="write the paper's Figures 5-7 (PNG, PDF or SVG)")
+    figure.add_argument(
+        "--no-plot",
+        action="store_true",
+        help="write no figure (analyze of the bundled model writes one unasked)",
+    )
     command.add_argument(
         "--backend", choices=BACKENDS, help="array library to compute with (default: numpy on the CPU)"
     )
@@ -123,8 +129,9 @@ def _analyze_parser(commands: Any) -> None:
             "operator norm (circular padding, exact), certified bounds for zero-padded layers, the "
             "smallest singular value, condition number, stable rank and how many singular values are "
             "at least 1, and the product of the layers' norms. Without MODEL, a small CNN trained on "
-            "scikit-learn's digits that ships with convsv, with its plots written to "
-            f"{DEFAULT_PLOT}. Exit status 1 when the model cannot be read or analysed."
+            "scikit-learn's digits that ships with convsv; with the table format its plots are written to "
+            f"{DEFAULT_PLOT} unless --no-plot or --plot FILE says otherwise. Exit status 1 when the model "
+            "cannot be read or analysed."
         ),
     )
     analyze.add_argument(
@@ -172,7 +179,9 @@ def _analyze(args: argparse.Namespace) -> int:
         with resources.as_file(source) as path:
             model = load_model(path, input_size, args.layout)
         model.source = "convsv's bundled digits CNN (experiments/train_digits_cnn.py)"
-        args.plot = args.plot or DEFAULT_PLOT
+        # The main job shows its figures; output meant for other programs writes no file unasked.
+        if args.format == "table" and not args.no_plot:
+            args.plot = args.plot or DEFAULT_PLOT
     else:
         model = load_model(args.model, input_size, args.layout)
     if args.layers:

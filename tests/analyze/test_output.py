@@ -123,14 +123,29 @@ def test_plot(capsys, tmp_path, torch_files, suffix):
         assert len(data) > 5000
 
 
-def test_bundled_model(capsys, tmp_path, monkeypatch):
+def test_bundled_model_plots_with_the_table_only(capsys, tmp_path, monkeypatch):
     need("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    assert main(["analyze", "--no-progress"]) == 0
+    assert capsys.readouterr().err == "wrote digits-cnn-spectra.png\n"
+    check_png(tmp_path / "digits-cnn-spectra.png")
+    (tmp_path / "digits-cnn-spectra.png").unlink()
+    for argv in (["--no-plot"], ["--format", "csv"]):
+        assert main(["analyze", "--no-progress", *argv]) == 0
+        assert capsys.readouterr().err == ""
+        assert list(tmp_path.iterdir()) == [], argv
+    with pytest.raises(SystemExit):
+        main(["analyze", "--no-plot", "--plot", "x.png"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_bundled_model(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(["analyze", "--format", "json"]) == 0
     out, err = capsys.readouterr()
     rows = strict_json(out)
-    assert err == "wrote digits-cnn-spectra.png\n"
-    check_png(tmp_path / "digits-cnn-spectra.png")
+    assert err == ""  # JSON for other programs: no figure unasked
+    assert list(tmp_path.iterdir()) == []
 
     with as_file(files("convsv") / "data" / "digits_cnn.npz") as path, np.load(path) as npz:
         meta = json.loads(str(npz["__convsv__"]))
