@@ -169,7 +169,7 @@ def plot_spectra(
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        msg = "plotting needs matplotlib: pip install 'convsv[cli]'"
+        msg = "plotting needs matplotlib: pip install matplotlib (in a checkout: pip install '.[cli]')"
         raise ModuleNotFoundError(msg, name="matplotlib") from None
     if names is not None and len(names) != len(spectra):
         msg = f"`names` has {len(names)} entries for {len(spectra)} spectra"

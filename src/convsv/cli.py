@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         import numpy  # noqa: F401
     except ImportError:  # pragma: no cover - numpy is in the [cli] extra
-        parser.error("the command line needs NumPy: pip install 'convsv[cli]'")
+        parser.error("the command line needs NumPy: pip install numpy (in a checkout: pip install '.[cli]')")
     try:
         if args.command == "analyze":
             return _analyze(args)
