@@ -87,6 +87,32 @@ def test_the_pages_are_found():
     assert not any(name.startswith("docs/_build") for name in names)
 
 
+def test_readme_blocks_paste_into_the_repl():
+    """Python's interactive prompt ends a compound statement only at an empty line: each needs its `...`.
+
+    A ``for`` or ``def`` whose body is followed directly by the next ``>>>`` runs under doctest
+    but is a SyntaxError when the block is pasted into the REPL (which strips the prompts since 3.13).
+    """
+    unended = []
+    for block in all_blocks(*PYTHON):
+        if block.path != "README.md":
+            continue
+        statements = [line.lstrip() for line in block.lines if line.lstrip().startswith((">>>", "..."))]
+        for i, line in enumerate(statements):
+            opens = line.startswith(">>> @") or (
+                line.startswith(">>>") and line.split("#")[0].rstrip().endswith(":")
+            )
+            if opens:
+                j = i + 1
+                while (
+                    j < len(statements) and statements[j].startswith("...") and statements[j].strip() != "..."
+                ):
+                    j += 1
+                if j < len(statements) and statements[j].strip() != "...":
+                    unended.append(f"{block.path}:{block.line}: {line.strip()}")
+    assert not unended, f"end these blocks with a bare `...` line before the next `>>>`: {unended}"
+
+
 def test_python_blocks_are_doctests():
     unexecuted = [
         f"{block.path}:{block.line}"
