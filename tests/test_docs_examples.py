@@ -22,6 +22,7 @@ from __future__ import annotations
 import collections
 import doctest
 import importlib
+import importlib.util
 import os
 import re
 import shlex
@@ -184,6 +185,39 @@ def write_torch_module(path: Path) -> None:
     need("torch").save(cifar_resnet(), path)
 
 
+USER_MODELS = """
+import torch
+from torch import nn
+
+
+class Small(nn.Module):  # a class of the user's own: its pickled instances are refused
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x):
+        return x.mean(1, keepdim=True) + self.conv2(torch.relu(self.conv1(x)))[:, :1]
+
+
+def resnet():
+    return Small()
+"""
+
+
+def write_state_dict_and_its_module(path: Path) -> None:
+    """A state dict, and the ``mymodels.py`` whose ``resnet()`` builds its model, in the same folder."""
+    torch = need("torch")
+    source = path.parent / "mymodels.py"
+    source.write_text(USER_MODELS)
+    spec = importlib.util.spec_from_file_location("mymodels_stand_in", source)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    torch.save(module.resnet().state_dict(), path)
+
+
 def write_torchscript(path: Path) -> None:
     torch = need("torch")
     with warnings.catch_warnings():
@@ -234,6 +268,7 @@ STAND_INS = {
     "depthwise.npy": write_kernel((3, 3, 1, 32)),  # HWIO, one input channel per group
     "resnet18_cifar.pt": write_torch_module,
     "resnet18_scripted.pt": write_torchscript,
+    "resnet_weights.pt": write_state_dict_and_its_module,
     "model.onnx": write_onnx,
     "classifier.keras": write_keras,
 }

@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import sys
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -300,6 +301,56 @@ def read_torch(path: Path, input_size: Sequence[int] | None, layout: str | None)
     raise ModelError(msg)
 
 
+def build_module(spec: str, path: Path) -> Any:
+    """``--module PACKAGE.MODULE:CALLABLE``: the model its callable builds, with the state dict at ``path``.
+
+    The one place convsv runs a user's code, because the user names it: the
+    callable is imported (the current directory first on the path, as
+    ``python -m`` has it) and called without arguments, and the checkpoint,
+    still read with ``weights_only=True``, must hold the state dict it takes.
+    """
+    from ._torchscript import is_torchscript  # which imports this module
+
+    torch = _need("torch", "PyTorch checkpoints")
+    if is_torchscript(path):
+        msg = f"{path}: a TorchScript archive holds its own code; --module is for state dicts"
+        raise ModelError(msg)
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        msg = f"--module {spec!r}: give PACKAGE.MODULE:CALLABLE, e.g. torchvision.models:resnet18"
+        raise ModelError(msg)
+    sys.path.insert(0, os.getcwd())
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+        model = found()
+    except Exception as err:
+        msg = f"--module {spec!r}: building the model failed: {type(err).__name__}: {err}"
+        raise ModelError(msg) from None
+    finally:
+        sys.path.remove(os.getcwd())
+    if not isinstance(model, torch.nn.Module):
+        msg = f"--module {spec!r}: returned a {type(model).__name__}, not a torch.nn.Module"
+        raise ModelError(msg)
+    state = load_checkpoint(path)
+    if not isinstance(state, Mapping):
+        msg = f"{path}: --module takes a state dict; this checkpoint holds a {type(state).__name__}"
+        raise ModelError(msg)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:  # missing, unexpected or mis-shaped keys, as PyTorch lists them
+        lines = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+        msg = f"{path}: does not fit the model --module {spec!r} builds: {lines}"
+        raise ModelError(msg) from None
+    return model.eval()
+
+
+def read_torch_with(spec: str, path: Path, input_size: Sequence[int] | None) -> Model:
+    """``convsv analyze STATE_DICT --module SPEC``: the convolutions of the model ``SPEC`` builds."""
+    return Model(str(path), "PyTorch module", _torch_module(build_module(spec, path), input_size, path))
+
+
 def load_checkpoint(path: Path) -> Any:
     """What a (non-TorchScript) PyTorch checkpoint holds, unwrapped; only ``torch.nn``'s classes are built."""
     torch = _need("torch", "PyTorch checkpoints")
@@ -313,7 +364,8 @@ def load_checkpoint(path: Path) -> Any:
             f"{path}: the checkpoint holds Python objects convsv does not unpickle "
             f"({', '.join(foreign[:3])}); "
             "it loads with weights_only=True and allows only torch.nn's own modules. "
-            "Save model.state_dict() or export to ONNX instead"
+            "Save model.state_dict() and name the class that builds the model with --module "
+            "(e.g. --module mypackage.models:ResNet), or export to ONNX"
         )
         raise ModelError(msg)
     allowed = []
@@ -435,8 +487,8 @@ READERS: dict[str, Reader] = {
 }
 
 
-def load_model(path: str | os.PathLike[str], input_size: Sequence[int] | None, layout: str | None) -> Model:
-    """Read the convolutions of the model at ``path``; raises :class:`ModelError` for anything unusable."""
+def model_file(path: str | os.PathLike[str]) -> tuple[Path, Reader]:
+    """``path`` as a model file that exists, and the reader of its format; a :class:`ModelError` if not."""
     file = Path(path)
     reader = READERS.get(file.suffix.lower())
     if not file.exists():
@@ -449,7 +501,27 @@ def load_model(path: str | os.PathLike[str], input_size: Sequence[int] | None, l
         known = ", ".join(sorted(READERS))
         msg = f"{file}: unknown model format {file.suffix or '(no extension)'!r}; convsv reads {known}"
         raise ModelError(msg)
-    model = reader(file, input_size, layout)
+    return file, reader
+
+
+def load_model(
+    path: str | os.PathLike[str],
+    input_size: Sequence[int] | None,
+    layout: str | None,
+    module: str | None = None,
+) -> Model:
+    """Read the convolutions of the model at ``path``; raises :class:`ModelError` for anything unusable.
+
+    ``module`` (``--module``) names the callable that builds the model whose state dict ``path`` holds.
+    """
+    file, reader = model_file(path)
+    if module is None:
+        model = reader(file, input_size, layout)
+    elif reader is read_torch:
+        model = read_torch_with(module, file, input_size)
+    else:
+        msg = f"{file}: --module names the model of a state dict (.pt/.pth), not a {file.suffix} file's"
+        raise ModelError(msg)
     if not model.layers:
         msg = f"{file}: no convolutional layers found in this {model.format} model"
         raise ModelError(msg)

@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ._models import ModelError, _need, expand_size, load_checkpoint
+from ._models import ModelError, _need, build_module, expand_size, load_checkpoint, model_file
 
 #: What the report's input is: the certificate holds for inputs of its shape, any values.
 EXAMPLE_SEED = 0
@@ -42,12 +42,18 @@ def _example_shape(module: Any, input_size: Sequence[int] | None, path: Path) ->
     raise ModelError(msg)
 
 
-def certify_file(path: Path, input_size: Sequence[int] | None) -> tuple[Any, str, list[str]]:
-    """``(report, format, notes)`` for the model file at ``path``; a :class:`ModelError` if unusable."""
+def certify_file(
+    path: Path, input_size: Sequence[int] | None, module_spec: str | None = None
+) -> tuple[Any, str, list[str]]:
+    """``(report, format, notes)`` for the model file at ``path``; a :class:`ModelError` if unusable.
+
+    ``module_spec`` (``--module``) names the callable that builds the model of a state dict.
+    """
     torch = _need("torch", "the network certificate (--network)")
     from ._lipschitz import certify_graph, lipschitz_bound
     from ._torchscript import is_torchscript
 
+    path, _ = model_file(path)
     suffix = path.suffix.lower()
     generator = torch.Generator().manual_seed(EXAMPLE_SEED)
     try:
@@ -58,11 +64,12 @@ def certify_file(path: Path, input_size: Sequence[int] | None) -> tuple[Any, str
             example = torch.randn(shape, generator=generator)
             return certify_graph(graph_module, example), "ONNX", notes
         if suffix in (".pt", ".pth") and not is_torchscript(path):
-            module = load_checkpoint(path)
+            module = load_checkpoint(path) if module_spec is None else build_module(module_spec, path)
             if not isinstance(module, torch.nn.Module):
                 msg = (
                     f"{path}: holds a {type(module).__name__} (weights without the graph); --network needs "
-                    "a saved torch.nn.Module (torch.save(model)) or an ONNX export"
+                    "a saved torch.nn.Module (torch.save(model)), the class that builds the model named with "
+                    "--module, or an ONNX export"
                 )
                 raise ModelError(msg)
             example = torch.randn(_example_shape(module, input_size, path), generator=generator)

@@ -156,6 +156,13 @@ def _analyze_parser(commands: Any) -> None:
         "safetensors OIHW); the spatial rank is taken from each kernel",
     )
     analyze.add_argument(
+        "--module",
+        metavar="PACKAGE.MODULE:CALLABLE",
+        help="the callable that builds the model whose state dict MODEL (.pt/.pth) holds, e.g. "
+        "torchvision.models:resnet18: imported (the current directory first) and called without "
+        "arguments, then given the state dict; this runs that code",
+    )
+    analyze.add_argument(
         "--network",
         action="store_true",
         help="certify the whole network's Lipschitz constant (l2, eval mode) from its graph: batch norm "
@@ -172,6 +179,9 @@ def _analyze(args: argparse.Namespace) -> int:
     if input_size is not None and min(input_size) <= 0:
         msg = f"--input-size must be positive, got {input_size}"
         raise ModelError(msg)
+    if args.module and args.model is None:
+        msg = "--module needs MODEL: the state dict of the model it builds"
+        raise UsageError(msg)
     if args.network:
         return _network(args)
     if args.model is None:
@@ -183,7 +193,7 @@ def _analyze(args: argparse.Namespace) -> int:
         if args.format == "table" and not args.no_plot:
             args.plot = args.plot or DEFAULT_PLOT
     else:
-        model = load_model(args.model, input_size, args.layout)
+        model = load_model(args.model, input_size, args.layout, args.module)
     if args.layers:
         chosen = [layer for layer in model.layers if fnmatch.fnmatchcase(layer.name, args.layers)]
         if not chosen:
@@ -212,7 +222,7 @@ def _network(args: argparse.Namespace) -> int:
             problem = "is needed" if flag == "MODEL" else "is not used"
             msg = f"{flag} {problem} with --network (a model file's graph, certified with PyTorch on the CPU)"
             raise UsageError(msg)
-    report, format_, notes = certify_file(Path(args.model), args.input_size)
+    report, format_, notes = certify_file(Path(args.model), args.input_size, args.module)
     if args.format == "json":
         text = network_json(report, args.model, format_)
     elif args.format == "csv":
