@@ -146,11 +146,36 @@ def _guess_layers(arrays: Mapping[str, Any], layout: str | None, channels_last: 
     return layers
 
 
+#: Kernels wider than this are rare (AlexNet's stem is 11x11): a guessed layout that puts a wider
+#: extent on a spatial axis, where the other layout has a small square kernel, is the wrong guess.
+WIDEST_USUAL_KERNEL = 11
+
+
+def _check_guessed_layout(path: Path, arrays: Mapping[str, Any], last: bool) -> None:
+    """Refuse a guessed layout that makes a kernel's spatial shape absurd and the other makes it usual."""
+    for key, array in arrays.items():
+        if not 4 <= array.ndim <= 5:  # 1-D kernels have long taps, and no square to tell by
+            continue
+        guessed, other = (array.shape[:-2], array.shape[2:]) if last else (array.shape[2:], array.shape[:-2])
+        if max(guessed) > WIDEST_USUAL_KERNEL and len(set(other)) == 1 and other[0] <= WIDEST_USUAL_KERNEL:
+            d = array.ndim - 2
+            names = layout_for(d, last), layout_for(d, not last)
+            msg = (
+                f"{path}: array {key!r} of shape {tuple(array.shape)} read as {names[0]} would be a "
+                f"{'x'.join(map(str, guessed))} kernel, as {names[1]} a {'x'.join(map(str, other))} one: "
+                f"the file stores no layout, so pass --layout {names[1]} "
+                f"(or --layout {names[0]} if that is right)"
+            )
+            raise ModelError(msg)
+
+
 def _tensor_archive(
     path: Path, fmt: str, arrays: Mapping[str, Any], header: str | None, layout: str | None, last: bool
 ) -> Model:
     if header is not None:
         return Model(str(path), fmt, _from_header(header, arrays, path))
+    if layout is None:
+        _check_guessed_layout(path, arrays, last)
     model = Model(str(path), fmt, _guess_layers(arrays, layout, last))
     if model.layers:
         model.notes.append(

@@ -37,7 +37,7 @@ def format_table(model: Model, rows: list[dict[str, Any]], header: str) -> str:
               "s_min", "cond", "stable rank", "#s>=1"]  # fmt: skip
     lines = [
         [
-            r["name"],
+            r["name"] + (" ?" if r["assumed_options"] else ""),
             f"{_dims(r['kernel_shape'])} {r['layout']}",
             _dims(r["stride"]),
             str(r["groups"]),
@@ -71,6 +71,11 @@ def format_table(model: Model, rows: list[dict[str, Any]], header: str) -> str:
         "s_min, cond, stable rank, #s>=1: the layer's own singular values, exact (zero padding: by a dense",
         "  SVD); --plot draws the same values.",
     ]
+    if any(r["assumed_options"] for r in rows):
+        out.append(
+            "  ? options not stored in the file: assumed (see the note below), so these numbers are those "
+            "of the assumed layer."
+        )
     if any(r["statistics_of"] == TWIN for r in rows):
         out.append(
             f"  * a zero-padded layer of over {EXACT_STATISTICS_ENTRIES} matrix entries: these describe "

@@ -8,7 +8,7 @@ import io
 import numpy as np
 import pytest
 
-from .common import analyze, analyze_json, assumed_layers, check_rows, header
+from .common import analyze, analyze_error, analyze_json, assumed_layers, check_rows, header
 
 # The command line computes with NumPy unless told otherwise.
 pytestmark = pytest.mark.backend("numpy")
@@ -32,6 +32,29 @@ def test_npz_without_header(capsys, tmp_path, rng, layout):
     check_rows(rows, assumed_layers(oihw, (6, 5), hwio=layout == "HWIO"))
     table, _ = analyze(capsys, path, "--input-size", "6", "5", "--no-progress", *argv)
     assert "note: npz stores no layer options" in table
+    marked = [line.split()[:2] for line in table.splitlines() if line.startswith(("conv ", "wide "))]
+    assert marked == [["conv", "?"], ["wide", "?"]]  # the guess shows where the numbers are
+    assert "? options not stored in the file: assumed" in table
+
+
+@pytest.mark.parametrize(
+    ("stored", "guessed", "right"), [("OIHW", "HWIO", "OIHW"), ("OIDHW", "DHWIO", "OIDHW")]
+)
+def test_npz_whose_shapes_fit_the_other_layout_is_refused(capsys, tmp_path, rng, stored, guessed, right):
+    """16 output channels of 3x3 kernels read as HWIO would be a 16x3 kernel: refused, naming --layout."""
+    kernel = rng.standard_normal((16, 3) + (3,) * (len(stored) - 2))
+    path = tmp_path / "pytorch_weights.npz"
+    np.savez(path, conv=kernel)
+    analyze_error(
+        capsys,
+        path,
+        "--input-size",
+        "8",
+        message=f"read as {guessed} would be a 16x3{'x3' * (len(stored) - 4)} kernel, as {right} a 3x3",
+    )
+    rows = analyze_json(capsys, path, "--input-size", "8", "--layout", right)
+    assert rows[0]["kernel_shape"] == list(kernel.shape)
+    assert rows[0]["assumed_options"] is True
 
 
 def test_singular_layer(capsys, tmp_path):

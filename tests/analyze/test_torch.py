@@ -6,6 +6,7 @@ import pytest
 
 from .common import (
     analyze,
+    analyze_error,
     analyze_json,
     assumed_layers,
     check_rows,
@@ -59,6 +60,15 @@ def test_torch_state_dict_takes_options_as_assumed(capsys, torch_files, kind):
     table, _ = analyze(capsys, paths[kind], "--input-size", "8", "--no-progress")
     assert "PyTorch state dict" in table
     assert "note: PyTorch state dict stores no layer options" in table
+    assert all(" ? " in line for line in table.splitlines() if line.startswith(("conv ", "depthwise ")))
+
+
+def test_state_dict_of_keras_shaped_kernels_is_refused(capsys, tmp_path):
+    """An HWIO array in a state dict, read as PyTorch's OIHW, would be a 3x16 kernel: refused."""
+    torch = need("torch")
+    path = tmp_path / "keras_shaped.pt"
+    torch.save({"conv.weight": torch.ones(3, 3, 2, 16)}, path)
+    analyze_error(capsys, path, "--input-size", "8", message="pass --layout HWIO")
 
 
 def test_safetensors_without_header(capsys, tmp_path, torch_files):
