@@ -85,7 +85,8 @@ class LayerReport(NamedTuple):
 #: The model and the bound, as the model-level functions take them.
 _MODEL_PARAMETERS = """\
 module : torch.nn.Module
-    The model (or a ``DistributedDataParallel`` wrapping it).
+    The model (or a ``DistributedDataParallel`` wrapping it, or a model
+    sharded with FSDP2's ``fully_shard``).
 max_norm : float
     The bound on every layer's operator norm.
 """
@@ -103,20 +104,22 @@ def _as_conv(layer: object) -> Conv:
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel; a clear error for sharded weights (FSDP)."""
+    """The model inside DistributedDataParallel; a clear error for FSDP1's flattened parameters.
+
+    FSDP2 (``fully_shard``) models pass: their parameters are ``DTensor`` shards, which the core
+    gathers and shards again itself (:mod:`convsv._lib.dtensor`).
+    """
     from torch.nn.parallel import DistributedDataParallel
 
     if isinstance(module, DistributedDataParallel):
         module = module.module
     for name, sub in module.named_modules():
-        sharded = type(sub).__name__ == "FullyShardedDataParallel" or any(
-            type(p).__name__ == "DTensor" for p in sub.parameters(recurse=False)
-        )
-        if sharded:
+        if type(sub).__name__ == "FullyShardedDataParallel":
             msg = (
-                f"{name or 'the module'} holds sharded parameters (FSDP or DTensor): the projection needs "
-                "each convolution's whole kernel. Gather them first (for FSDP1: inside "
-                "FullyShardedDataParallel.summon_full_params(model, writeback=True)), or clip before sharding"
+                f"{name or 'the module'} is wrapped in FSDP1 (FullyShardedDataParallel), whose flattened "
+                "parameters hide each convolution's kernel. Shard the model with FSDP2 "
+                "(torch.distributed.fsdp.fully_shard), which convsv handles, or project inside "
+                "FullyShardedDataParallel.summon_full_params(model, writeback=True)"
             )
             raise TypeError(msg)
     return module
@@ -330,7 +333,7 @@ def clip_operator_norm_(
         a circular stride that does not divide the map, or an unsupported
         padding mode, before any weight changes.
     TypeError
-        For sharded (FSDP) parameters.
+        For a model wrapped in FSDP1's ``FullyShardedDataParallel``.
 
     Notes
     -----
@@ -338,8 +341,12 @@ def clip_operator_norm_(
     parameter keeps its identity, dtype, device and ``requires_grad``, so
     optimizers and ``DistributedDataParallel`` are unaffected. All layers are
     computed before any is written. Under DDP every rank projects its own
-    (identical) replica and gets the same result; under FSDP the kernels are
-    sharded and this raises.
+    (identical) replica and gets the same result. Under FSDP2
+    (``fully_shard``) each kernel is a ``DTensor`` shard: every rank
+    gathers the whole kernel, projects it, and keeps its own shard of rank
+    0's result, so all ranks call this together (as they call
+    ``optimizer.step()``) and end with the same weights; the report's norms
+    are plain tensors, the same on every rank.
 
     Examples
     --------
