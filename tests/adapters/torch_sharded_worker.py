@@ -1,20 +1,25 @@
-"""The FSDP2 and ``DTensor`` modes of ``torch_worker.py`` (one rank of a gloo run, on the CPU).
+"""The FSDP2 and ``DTensor`` mode of ``torch_worker.py``: one rank of a gloo run, on the CPU.
 
-- ``fsdp-clip``: shards :func:`torch_worker.model` with ``fully_shard`` (each convolution, then the
-  root), calls :func:`~convsv.torch.clip_operator_norm_` once, and saves the gathered weights and
-  the report's norms to ``OUT_DIR/rank{RANK}.pt``. Also checks, here, that ``DTensor`` kernels of
-  several placements come back from the public functions as ``DTensor`` s with the same mesh and
-  placements (projections) or as plain tensors (norms), equal to the unsharded results.
-- ``fsdp-train``: the sharded model trained 6 SGD steps, each rank on its own batches, with an
-  :class:`~convsv.torch.OperatorNormClipper` every 2 steps; saves the gathered weights after
-  each projection (``OUT_DIR/rank{RANK}.pt``: a list of state dicts).
-- ``fsdp-spectral``: :func:`~convsv.torch.spectral_norm` on both convolutions, each rank seeded
-  differently before the vectors are made, then sharded and trained; saves the gathered state
-  dict and, in eval mode, the output on a fixed input.
+``fsdp`` runs every case in one process group (starting the processes is most of the time) and
+saves what each gives to ``OUT_DIR/rank{RANK}.pt``; ``test_torch_sharded.py`` compares it with
+a single process. The model is ``torch_worker.model()``, sharded with ``fully_shard`` (each
+convolution, then the root), trained, where it is, 6 SGD steps on batches that differ by rank.
+
+- ``check_dtensor_kernels`` (checked here): ``DTensor`` kernels of several placements come back
+  from the public functions as ``DTensor`` s with the same mesh and placements (projections), or
+  as plain tensors (norms), equal to the unsharded results; differentiable under autograd.
+- ``clip``: :func:`~convsv.torch.clip_operator_norm_` once: the gathered weights, the norms.
+- ``parametrized``: a layer under :func:`~convsv.torch.parametrize_operator_norm`, sharded and
+  trained on the same data on every rank (``parametrized_run``).
+- ``train``: an :class:`~convsv.torch.OperatorNormClipper` every 2 steps: the gathered weights
+  after each projection.
+- ``spectral``: :func:`~convsv.torch.spectral_norm` on both convolutions, applied with each rank
+  seeded apart: the gathered state, an eval-mode output and ``norm_bounds()``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +29,11 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor, init_device_mesh
 
 import convsv
-from convsv.torch import OperatorNormClipper, clip_operator_norm_, spectral_norm
+from convsv.torch import OperatorNormClipper, clip_operator_norm_, parametrize_operator_norm, spectral_norm
 
 CLIP = {"method": "extrapolated", "iterations": 50, "tol": 1e-5}
 SHAPES = {"0": 8, "2": 8}
+Model = Callable[[], nn.Module]
 
 
 def gathered(net: nn.Module) -> dict[str, torch.Tensor]:
@@ -99,57 +105,93 @@ def check_dtensor_kernels(world: int) -> None:
     torch.testing.assert_close(leaf.grad.full_tensor(), reference.grad)
 
 
-def fsdp(mode: str, net: nn.Module, rank: int, out: Path) -> None:
-    world = torch.distributed.get_world_size()
-    saved: Any
-    if mode == "fsdp-clip":
-        shard(net)
-        assert isinstance(net[0].weight, DTensor)
-        report = clip_operator_norm_(net, 1.0, input_shapes=SHAPES, **CLIP)
-        assert isinstance(net[0].weight, DTensor)
-        assert tuple(net[0].weight.placements) == (Shard(0),)
-        assert all(type(r.norm_after) is torch.Tensor for r in report)
-        saved = {
-            "weights": gathered(net),
-            "norms": [(r.name, float(r.norm_before), float(r.norm_after)) for r in report],
-        }
-        check_dtensor_kernels(world)
-    elif mode == "fsdp-train":
-        shard(net)
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
-        clipper = OperatorNormClipper(net, 1.0, every=2, **CLIP)
-        clipper.attach(optimizer)
-        saved = []
-        generator = torch.Generator().manual_seed(100 + rank)  # different data on each rank
-        for step in range(6):
-            x = torch.randn(8, 1, 8, 8, generator=generator)
-            y = torch.randint(0, 3, (8,), generator=generator)
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(net(x), y).backward()
-            optimizer.step()
-            if (step + 1) % 2 == 0:
-                saved.append(gathered(net))
-        assert clipper.steps == 6
-        assert len(clipper.last_report) == 2
-    elif mode == "fsdp-spectral":
-        torch.manual_seed(rank)  # different starting vectors on each rank
-        spectral_norm(net[0], input_shape=8)
-        spectral_norm(net[2], input_shape=8)
-        shard(net)
-        optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
-        generator = torch.Generator().manual_seed(100 + rank)
-        for _ in range(6):
-            x = torch.randn(8, 1, 8, 8, generator=generator)
-            y = torch.randint(0, 3, (8,), generator=generator)
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(net(x), y).backward()
-            optimizer.step()
-        net.eval()
-        with torch.no_grad():
-            output = net(torch.ones(2, 1, 8, 8))
-        bounds = [[float(b) for b in net[i].parametrizations.weight[0].norm_bounds()] for i in (0, 2)]
-        saved = {"state": gathered(net), "output": output, "bounds": bounds}
-    else:
-        msg = f"unknown mode {mode}"
-        raise ValueError(msg)
+def parametrized_run(sharded: bool) -> dict[str, Any]:
+    """A circular convolution under ``parametrize_operator_norm``, two SGD steps on the same data on
+    every rank (so FSDP2's averaged gradient is the single process's): the state and an output."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 4, 3, padding=1, padding_mode="circular")
+    with torch.no_grad():
+        conv.weight.mul_(5.0)
+    net = nn.Sequential(parametrize_operator_norm(conv, 1.0, 8))
+    if sharded:
+        fully_shard(net)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    x = torch.linspace(-1, 1, 2 * 2 * 8 * 8).reshape(2, 2, 8, 8)
+    for _ in range(2):
+        optimizer.zero_grad()
+        net(x).square().sum().backward()
+        optimizer.step()
+    with torch.no_grad():
+        output = net(x)
+    return {"state": gathered(net), "output": output}
+
+
+def _batches(rank: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(100 + rank)  # different data on each rank
+    for _ in range(6):
+        yield torch.randn(8, 1, 8, 8, generator=generator), torch.randint(0, 3, (8,), generator=generator)
+
+
+def clipped(model: Model) -> dict[str, Any]:
+    """``clip_operator_norm_`` on the sharded model, once."""
+    net = model()
+    shard(net)
+    assert isinstance(net[0].weight, DTensor)
+    report = clip_operator_norm_(net, 1.0, input_shapes=SHAPES, **CLIP)
+    assert isinstance(net[0].weight, DTensor)
+    assert tuple(net[0].weight.placements) == (Shard(0),)
+    assert all(type(r.norm_after) is torch.Tensor for r in report)
+    return {
+        "weights": gathered(net),
+        "norms": [(r.name, float(r.norm_before), float(r.norm_after)) for r in report],
+    }
+
+
+def trained_with_the_clipper(model: Model, rank: int) -> list[dict[str, torch.Tensor]]:
+    """The gathered weights after each of the clipper's projections."""
+    net = model()
+    shard(net)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+    clipper = OperatorNormClipper(net, 1.0, every=2, **CLIP)
+    clipper.attach(optimizer)
+    saved = []
+    for step, (x, y) in enumerate(_batches(rank)):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+        if (step + 1) % 2 == 0:
+            saved.append(gathered(net))
+    assert clipper.steps == 6
+    assert len(clipper.last_report) == 2
+    return saved
+
+
+def spectrally_normalised(model: Model, rank: int) -> dict[str, Any]:
+    """Trained under ``spectral_norm``: the gathered state, an eval-mode output, ``norm_bounds()``."""
+    net = model()
+    torch.manual_seed(rank)  # different starting vectors on each rank, were they drawn from it
+    spectral_norm(net[0], input_shape=8)
+    spectral_norm(net[2], input_shape=8)
+    shard(net)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05)
+    for x, y in _batches(rank):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(net(x), y).backward()
+        optimizer.step()
+    net.eval()
+    with torch.no_grad():
+        output = net(torch.ones(2, 1, 8, 8))
+    bounds = [[float(b) for b in net[i].parametrizations.weight[0].norm_bounds()] for i in (0, 2)]
+    return {"state": gathered(net), "output": output, "bounds": bounds}
+
+
+def fsdp(model: Model, rank: int, out: Path) -> None:
+    """Every case, in one process group; ``model`` is ``torch_worker.model``."""
+    check_dtensor_kernels(torch.distributed.get_world_size())
+    saved = {
+        "clip": clipped(model),
+        "parametrized": parametrized_run(sharded=True),
+        "train": trained_with_the_clipper(model, rank),
+        "spectral": spectrally_normalised(model, rank),
+    }
     torch.save(saved, out / f"rank{rank}.pt")

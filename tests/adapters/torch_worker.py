@@ -5,7 +5,7 @@
 - ``ddp``: trains a small CNN wrapped in ``DistributedDataParallel`` (gloo, CPU),
   each rank on its own batches, with an :class:`~convsv.torch.OperatorNormClipper`
   attached every 2 steps; saves the final state dict to ``OUT_DIR/rank{RANK}.pt``.
-- ``fsdp-*``: the model sharded with FSDP2's ``fully_shard``, and ``DTensor`` kernels:
+- ``fsdp``: the model sharded with FSDP2's ``fully_shard``, and ``DTensor`` kernels:
   ``torch_sharded_worker.py`` (for ``test_torch_sharded.py``).
 - ``spectral``: the same CNN with :func:`~convsv.torch.spectral_norm` on both convolutions, each
   rank seeded differently before the vectors are made (DDP must make them agree), trained in
@@ -43,10 +43,10 @@ def main(mode: str, rank: int, world: int, init_file: str, out: Path) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         net = model()
-        if mode.startswith("fsdp"):
+        if mode == "fsdp":
             from torch_sharded_worker import fsdp
 
-            fsdp(mode, net, rank, out)
+            fsdp(model, rank, out)
             return
         if mode == "spectral":
             torch.manual_seed(rank)  # different starting vectors on each rank
