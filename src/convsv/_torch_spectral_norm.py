@@ -24,7 +24,7 @@ from ._checks import integer, real
 from ._checks import shape as shape_of
 from ._frameworks.torch import conv_options
 from ._layout import ConvSpec, conv_spec
-from ._lib.dtensor import whole
+from ._lib.dtensor import refuse_sharded_parametrization, whole
 from ._options import NormOptions
 from ._power_steps import WARM_STEPS, Vectors, unit
 from ._values import norm, norm_bounds
@@ -368,7 +368,8 @@ def spectral_norm(
     Raises
     ------
     TypeError
-        If ``module`` is not a convolution, or an option has the wrong type.
+        If ``module`` is not a convolution, or an option has the wrong type,
+        or its weight is already sharded by FSDP2 (normalise, then shard).
     ValueError
         For another ``name``, a ``dim``, a padding mode convsv does not model
         (``"reflect"``, ``"replicate"``, circular padding that is not a
@@ -412,6 +413,7 @@ def spectral_norm(
     if dim is not None:
         msg = "`dim` must be None: the layer's operator norm does not depend on a reshaping of its kernel"
         raise ValueError(msg)
+    refuse_sharded_parametrization(module.weight, "convsv.torch.spectral_norm")
     steps = integer(n_power_iterations, "n_power_iterations")
     eps = real(eps, "eps", "a positive float", above=0.0)
     ndim = module.weight.ndim - 2

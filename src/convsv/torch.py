@@ -33,6 +33,7 @@ from ._clipping import clip
 from ._docs import CLIP_OPTIONS_PARAMETER, shared_text
 from ._frameworks.torch import conv_options, forward_input_shapes, record_input_shapes
 from ._layout import ConvSpec, conv_spec
+from ._lib.dtensor import refuse_sharded_parametrization
 from ._lipschitz import LipschitzReport, NodeBound, lipschitz_bound
 from ._options import CLIP_OPTIONS, ClipOptions
 from ._torch_spectral_norm import SpectralNorm, spectral_norm
@@ -560,7 +561,9 @@ def parametrize_operator_norm(
     Raises
     ------
     TypeError, ValueError
-        As :func:`layer_options` and :func:`convsv.clip_operator_norm`.
+        As :func:`layer_options` and :func:`convsv.clip_operator_norm`; a
+        ``TypeError`` too for a weight already sharded by FSDP2
+        (parametrize, then ``fully_shard``).
 
     Examples
     --------
@@ -575,6 +578,7 @@ def parametrize_operator_norm(
     True
     """
     input_shape = shape_of(input_shape, "input_shape", _ndim(_as_conv(layer)))
+    refuse_sharded_parametrization(layer.weight, "convsv.torch.parametrize_operator_norm")
     options = layer_options(layer, input_shape)
     parametrization = OperatorNormParametrization(max_norm, input_shape, **options, **clip_options)
     with torch.no_grad():  # fail now, not at the first forward pass

@@ -8,6 +8,8 @@ convolution, then the root), trained, where it is, 6 SGD steps on batches that d
 - ``check_dtensor_kernels`` (checked here): ``DTensor`` kernels of several placements come back
   from the public functions as ``DTensor`` s with the same mesh and placements (projections), or
   as plain tensors (norms), equal to the unsharded results; differentiable under autograd.
+  ``check_parametrizing_a_sharded_layer_is_refused``: spectral_norm or parametrize_operator_norm
+  after ``fully_shard`` is a ``TypeError`` saying to parametrize first.
 - ``clip``: :func:`~convsv.torch.clip_operator_norm_` once: the gathered weights, the norms.
 - ``parametrized``: a layer under :func:`~convsv.torch.parametrize_operator_norm`, sharded and
   trained on the same data on every rank (``parametrized_run``).
@@ -23,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 from torch.distributed.fsdp import fully_shard
@@ -185,9 +188,22 @@ def spectrally_normalised(model: Model, rank: int) -> dict[str, Any]:
     return {"state": gathered(net), "output": output, "bounds": bounds}
 
 
+def check_parametrizing_a_sharded_layer_is_refused(model: Model) -> None:
+    """FSDP2 would no longer gather a weight parametrized after ``fully_shard``: a clear error."""
+    net = model()
+    shard(net)
+    for parametrize in (
+        lambda layer: spectral_norm(layer, input_shape=8),
+        lambda layer: parametrize_operator_norm(layer, 1.0, 8),
+    ):
+        with pytest.raises(TypeError, match="Parametrize the layers first, then shard the model"):
+            parametrize(net[0])
+
+
 def fsdp(model: Model, rank: int, out: Path) -> None:
     """Every case, in one process group; ``model`` is ``torch_worker.model``."""
     check_dtensor_kernels(torch.distributed.get_world_size())
+    check_parametrizing_a_sharded_layer_is_refused(model)
     saved = {
         "clip": clipped(model),
         "parametrized": parametrized_run(sharded=True),

@@ -44,6 +44,21 @@ def is_dtensor(x: object) -> bool:
     return module is not None and isinstance(x, module.DTensor)
 
 
+def refuse_sharded_parametrization(weight: object, function: str) -> None:
+    """A ``TypeError`` for a parametrization registered on a weight already sharded by FSDP2.
+
+    ``fully_shard`` gathers, for each forward pass, the parameters it sharded itself; a
+    parametrization registered afterwards moves the weight out of its reach, and the layer's
+    convolution would meet a ``DTensor``.
+    """
+    if is_dtensor(weight):
+        msg = (
+            f"{function}: the layer's weight is already sharded (a DTensor). Parametrize the layers "
+            "first, then shard the model with fully_shard, which gathers the weight for each forward pass"
+        )
+        raise TypeError(msg)
+
+
 def whole(x: Any) -> Any:
     """``x`` whole on this rank: ``x.full_tensor()`` for a ``DTensor`` (a collective), else ``x``."""
     return x.full_tensor() if is_dtensor(x) else x
