@@ -12,9 +12,11 @@ would refuse to.
 
 The spec-level functions (:func:`convsv._clipping.clip`,
 :func:`convsv._values.norm`, ...) carry :func:`whole_dtensor_kernel`; the
-public functions and the adapters both call them, so nothing else in the
-library knows about ``DTensor``. Nothing here imports torch: a ``DTensor``
-can only exist once ``torch.distributed.tensor`` has been imported.
+public functions and the adapters both call them. The PyTorch adapters use
+:func:`whole` (``SpectralNorm.norm_bounds`` of a sharded layer) and
+:func:`refuse_sharded_parametrization`; nothing else in the library knows
+about ``DTensor``. Nothing here imports torch: a ``DTensor`` can only exist
+once ``torch.distributed.tensor`` has been imported.
 
 Every rank computes the projection of the same gathered kernel. Outside
 autograd the result is scattered from the mesh's first rank
@@ -76,8 +78,8 @@ def _resharded(result: Any, like: Any) -> Any:
     mesh = like.device_mesh
     placements = [Replicate() if isinstance(p, Partial) else p for p in like.placements]
     if result.requires_grad:
-        whole = module.DTensor.from_local(result, mesh, [Replicate()] * mesh.ndim, run_check=False)
-        return whole.redistribute(mesh, placements)
+        replicated = module.DTensor.from_local(result, mesh, [Replicate()] * mesh.ndim, run_check=False)
+        return replicated.redistribute(mesh, placements)
     return module.distribute_tensor(result, mesh, placements)
 
 
