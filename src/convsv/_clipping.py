@@ -36,6 +36,7 @@ from ._lib import (
     while_loop,
     zero_d,
 )
+from ._lib.dtensor import whole_dtensor_kernel
 from ._options import ClipOptions, NormOptions
 from ._spectrum import (
     blocks_by_rows,
@@ -403,6 +404,7 @@ def tight_projection(
 # a spec once per layer, call them directly. Compiled once per spec and options on JAX.
 
 
+@whole_dtensor_kernel(reshard=True)
 @full_precision
 @compiled_for_jax
 def clip(
@@ -450,6 +452,7 @@ def clip(
     )
 
 
+@whole_dtensor_kernel(reshard=True)
 @full_precision
 @compiled_for_jax
 def clip_full(kernel: Array, spec: ConvSpec, xp: Namespace, options: ClipOptions) -> Array:

@@ -26,6 +26,7 @@ from ._lib import (
     interleave_zeros,
     pad_axis,
 )
+from ._lib.dtensor import whole_dtensor_kernel
 from ._spectrum import fold, grouped, transfer_matrices
 
 
@@ -77,6 +78,7 @@ def forward_matrix(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
 
 @full_precision
 @compiled_for_jax
+@whole_dtensor_kernel(reshard=False)
 def dense_matrix(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
     """:func:`conv_matrix` of ``kernel`` (in ``spec``'s layout), transposed layers included."""
     matrix = forward_matrix(working_kernel(kernel, spec, xp), spec, xp)

@@ -24,6 +24,7 @@ from ._checks import integer, real
 from ._checks import shape as shape_of
 from ._frameworks.torch import conv_options
 from ._layout import ConvSpec, conv_spec
+from ._lib.dtensor import refuse_sharded_parametrization, whole
 from ._options import NormOptions
 from ._power_steps import WARM_STEPS, Vectors, unit
 from ._values import norm, norm_bounds
@@ -143,6 +144,15 @@ class SpectralNorm(nn.Module):
         if input_shape is not None:
             self.resize(input_shape, layer.weight)
 
+    def _original(self) -> torch.Tensor:
+        """The layer's weight now: the parametrization's ``original`` once registered.
+
+        FSDP2's ``fully_shard`` replaces the parameter (by a ``DTensor`` shard) after this took
+        its reference to it, so the registered list's ``original`` is read where there is one.
+        """
+        weights = self.__dict__.get("_weights")
+        return self._weight if weights is None else weights.original
+
     # -- the vectors ---------------------------------------------------------------------------------
 
     def resize(self, input_shape: tuple[int, ...], weight: torch.Tensor) -> None:
@@ -152,7 +162,11 @@ class SpectralNorm(nn.Module):
         if self.exact:
             return
         with torch.no_grad():
-            v = torch.randn(1, self.in_channels, *input_shape, dtype=weight.dtype, device=weight.device)
+            # A fixed seed, not the global generator: every rank of a sharded (FSDP2) model, which
+            # broadcasts no buffers, starts from the same vectors and so keeps them equal.
+            generator = torch.Generator(device=weight.device).manual_seed(1)
+            shape = (1, self.in_channels, *input_shape)
+            v = torch.randn(shape, generator=generator, dtype=weight.dtype, device=weight.device)
             v = unit(v, self.eps, _namespace())
             self._v, self._u, self._p = (
                 v,
@@ -269,7 +283,8 @@ class SpectralNorm(nn.Module):
             msg = "the layer's input size is not known yet: run a forward pass first"
             raise RuntimeError(msg)
         with torch.no_grad():  # the weight as the layer uses it now, the vectors left as they are
-            weight = self._weight / self._divisor(self._weight)
+            original = whole(self._original())  # a sharded (FSDP2) weight gathered on every rank
+            weight = original / self._divisor(original)
             spec = conv_spec(tuple(weight.shape), self.input_shape, **self.options)
             return norm_bounds(weight, spec, _namespace(), NormOptions())
 
@@ -353,7 +368,8 @@ def spectral_norm(
     Raises
     ------
     TypeError
-        If ``module`` is not a convolution, or an option has the wrong type.
+        If ``module`` is not a convolution, or an option has the wrong type,
+        or its weight is already sharded by FSDP2 (normalise, then shard).
     ValueError
         For another ``name``, a ``dim``, a padding mode convsv does not model
         (``"reflect"``, ``"replicate"``, circular padding that is not a
@@ -362,6 +378,15 @@ def spectral_norm(
     See Also
     --------
     parametrize_operator_norm : Project onto the norm ball instead of dividing.
+
+    Notes
+    -----
+    Under ``DistributedDataParallel`` the vectors are buffers, broadcast
+    from rank 0. Under FSDP2, normalise the layers first and then
+    ``fully_shard`` the model: each forward pass sees the whole weight,
+    gathered, on every rank, and the vectors, which FSDP2 does not
+    broadcast, start from a fixed seed and so stay the same on every rank.
+    ``norm_bounds()`` then gathers the weight itself: every rank calls it.
 
     Examples
     --------
@@ -388,6 +413,7 @@ def spectral_norm(
     if dim is not None:
         msg = "`dim` must be None: the layer's operator norm does not depend on a reshaping of its kernel"
         raise ValueError(msg)
+    refuse_sharded_parametrization(module.weight, "convsv.torch.spectral_norm")
     steps = integer(n_power_iterations, "n_power_iterations")
     eps = real(eps, "eps", "a positive float", above=0.0)
     ndim = module.weight.ndim - 2
@@ -396,4 +422,7 @@ def spectral_norm(
     if shape is None:
         module.register_forward_pre_hook(_follow_input_size)
     torch.nn.utils.parametrize.register_parametrization(module, "weight", normalisation, unsafe=True)
+    # Not a submodule (the list holds the normalisation): a plain reference, which deep copies follow.
+    parametrizations: Any = module.parametrizations
+    object.__setattr__(normalisation, "_weights", parametrizations.weight)
     return module

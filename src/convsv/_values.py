@@ -25,6 +25,7 @@ from ._lib import (
     unit_scale,
     zero_d,
 )
+from ._lib.dtensor import whole_dtensor_kernel
 from ._limits import check_memory
 from ._operator import forward_matrix
 from ._options import NormOptions
@@ -129,6 +130,7 @@ def check_count(k: object, spec: ConvSpec) -> int | None:
 # --- the spec level: a kernel in its layer's layout; compiled once per spec and options on JAX ---------
 
 
+@whole_dtensor_kernel(reshard=False)
 @full_precision
 @compiled_for_jax
 def spectrum(kernel: Array, spec: ConvSpec, xp: Namespace, count: int | None, options: NormOptions) -> Array:
@@ -141,6 +143,7 @@ def spectrum(kernel: Array, spec: ConvSpec, xp: Namespace, count: int | None, op
     return scale * _spectrum_of_unit(array, spec, xp, count, options)
 
 
+@whole_dtensor_kernel(reshard=False)
 @full_precision
 @compiled_for_jax
 def norm(kernel: Array, spec: ConvSpec, xp: Namespace, options: NormOptions) -> Array:
@@ -151,6 +154,7 @@ def norm(kernel: Array, spec: ConvSpec, xp: Namespace, options: NormOptions) -> 
     return padded_norm(array, spec, xp, options)
 
 
+@whole_dtensor_kernel(reshard=False)
 @full_precision
 @compiled_for_jax
 def norm_bounds(kernel: Array, spec: ConvSpec, xp: Namespace, options: NormOptions) -> tuple[Array, Array]:

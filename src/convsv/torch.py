@@ -33,6 +33,7 @@ from ._clipping import clip
 from ._docs import CLIP_OPTIONS_PARAMETER, shared_text
 from ._frameworks.torch import conv_options, forward_input_shapes, record_input_shapes
 from ._layout import ConvSpec, conv_spec
+from ._lib.dtensor import refuse_sharded_parametrization
 from ._lipschitz import LipschitzReport, NodeBound, lipschitz_bound
 from ._options import CLIP_OPTIONS, ClipOptions
 from ._torch_spectral_norm import SpectralNorm, spectral_norm
@@ -85,7 +86,8 @@ class LayerReport(NamedTuple):
 #: The model and the bound, as the model-level functions take them.
 _MODEL_PARAMETERS = """\
 module : torch.nn.Module
-    The model (or a ``DistributedDataParallel`` wrapping it).
+    The model (or a ``DistributedDataParallel`` wrapping it, or a model
+    sharded with FSDP2's ``fully_shard``).
 max_norm : float
     The bound on every layer's operator norm.
 """
@@ -103,20 +105,22 @@ def _as_conv(layer: object) -> Conv:
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
-    """The model inside DistributedDataParallel; a clear error for sharded weights (FSDP)."""
+    """The model inside DistributedDataParallel; a clear error for FSDP1's flattened parameters.
+
+    FSDP2 (``fully_shard``) models pass: their parameters are ``DTensor`` shards, which the core
+    gathers and shards again itself (:mod:`convsv._lib.dtensor`).
+    """
     from torch.nn.parallel import DistributedDataParallel
 
     if isinstance(module, DistributedDataParallel):
         module = module.module
     for name, sub in module.named_modules():
-        sharded = type(sub).__name__ == "FullyShardedDataParallel" or any(
-            type(p).__name__ == "DTensor" for p in sub.parameters(recurse=False)
-        )
-        if sharded:
+        if type(sub).__name__ == "FullyShardedDataParallel":
             msg = (
-                f"{name or 'the module'} holds sharded parameters (FSDP or DTensor): the projection needs "
-                "each convolution's whole kernel. Gather them first (for FSDP1: inside "
-                "FullyShardedDataParallel.summon_full_params(model, writeback=True)), or clip before sharding"
+                f"{name or 'the module'} is wrapped in FSDP1 (FullyShardedDataParallel), whose flattened "
+                "parameters hide each convolution's kernel. Shard the model with FSDP2 "
+                "(torch.distributed.fsdp.fully_shard), which convsv handles, or project inside "
+                "FullyShardedDataParallel.summon_full_params(model, writeback=True)"
             )
             raise TypeError(msg)
     return module
@@ -330,7 +334,7 @@ def clip_operator_norm_(
         a circular stride that does not divide the map, or an unsupported
         padding mode, before any weight changes.
     TypeError
-        For sharded (FSDP) parameters.
+        For a model wrapped in FSDP1's ``FullyShardedDataParallel``.
 
     Notes
     -----
@@ -338,8 +342,12 @@ def clip_operator_norm_(
     parameter keeps its identity, dtype, device and ``requires_grad``, so
     optimizers and ``DistributedDataParallel`` are unaffected. All layers are
     computed before any is written. Under DDP every rank projects its own
-    (identical) replica and gets the same result; under FSDP the kernels are
-    sharded and this raises.
+    (identical) replica and gets the same result. Under FSDP2
+    (``fully_shard``) each kernel is a ``DTensor`` shard: every rank
+    gathers the whole kernel, projects it, and keeps its own shard of rank
+    0's result, so all ranks call this together (as they call
+    ``optimizer.step()``) and end with the same weights; the report's norms
+    are plain tensors, the same on every rank.
 
     Examples
     --------
@@ -553,7 +561,9 @@ def parametrize_operator_norm(
     Raises
     ------
     TypeError, ValueError
-        As :func:`layer_options` and :func:`convsv.clip_operator_norm`.
+        As :func:`layer_options` and :func:`convsv.clip_operator_norm`; a
+        ``TypeError`` too for a weight already sharded by FSDP2
+        (parametrize, then ``fully_shard``).
 
     Examples
     --------
@@ -568,6 +578,7 @@ def parametrize_operator_norm(
     True
     """
     input_shape = shape_of(input_shape, "input_shape", _ndim(_as_conv(layer)))
+    refuse_sharded_parametrization(layer.weight, "convsv.torch.parametrize_operator_norm")
     options = layer_options(layer, input_shape)
     parametrization = OperatorNormParametrization(max_norm, input_shape, **options, **clip_options)
     with torch.no_grad():  # fail now, not at the first forward pass

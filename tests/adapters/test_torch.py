@@ -394,14 +394,6 @@ def test_ddp_ranks_end_with_identical_bounded_weights(tmp_path):
         assert float(norm) <= BOUND
 
 
-@pytest.mark.slow
-def test_fsdp_sharded_parameters_get_a_clear_error(tmp_path):
-    _run_ranks("fsdp", 1, tmp_path)
-    message = (tmp_path / "rank0.txt").read_text()
-    assert "sharded parameters (FSDP or DTensor)" in message
-    assert "summon_full_params" in message
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_weights_stay_on_the_device_without_synchronising():
     net = _model().cuda()

@@ -5,8 +5,8 @@
 - ``ddp``: trains a small CNN wrapped in ``DistributedDataParallel`` (gloo, CPU),
   each rank on its own batches, with an :class:`~convsv.torch.OperatorNormClipper`
   attached every 2 steps; saves the final state dict to ``OUT_DIR/rank{RANK}.pt``.
-- ``fsdp``: shards the model with FSDP2's ``fully_shard`` and writes the error
-  :func:`~convsv.torch.clip_operator_norm_` raises to ``OUT_DIR/rank{RANK}.txt``.
+- ``fsdp``: the model sharded with FSDP2's ``fully_shard``, and ``DTensor`` kernels:
+  ``torch_sharded_worker.py`` (for ``test_torch_sharded.py``).
 - ``spectral``: the same CNN with :func:`~convsv.torch.spectral_norm` on both convolutions, each
   rank seeded differently before the vectors are made (DDP must make them agree), trained in
   ``DistributedDataParallel``; saves the final state dict.
@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from convsv.torch import OperatorNormClipper, clip_operator_norm_, spectral_norm
+from convsv.torch import OperatorNormClipper, spectral_norm
 
 
 def model() -> nn.Module:
@@ -44,13 +44,9 @@ def main(mode: str, rank: int, world: int, init_file: str, out: Path) -> None:
     try:
         net = model()
         if mode == "fsdp":
-            from torch.distributed.fsdp import fully_shard
+            from torch_sharded_worker import fsdp
 
-            fully_shard(net)
-            try:
-                clip_operator_norm_(net, 1.0, input_shapes={"0": 8, "2": 8})
-            except TypeError as error:
-                (out / f"rank{rank}.txt").write_text(str(error))
+            fsdp(model, rank, out)
             return
         if mode == "spectral":
             torch.manual_seed(rank)  # different starting vectors on each rank
