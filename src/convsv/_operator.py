@@ -76,9 +76,9 @@ def forward_matrix(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
     return xp.reshape(taps, (spec.out_channels * offset.shape[0], spec.in_channels * offset.shape[1]))
 
 
+@whole_dtensor_kernel(reshard=False)
 @full_precision
 @compiled_for_jax
-@whole_dtensor_kernel(reshard=False)
 def dense_matrix(kernel: Array, spec: ConvSpec, xp: Namespace) -> Array:
     """:func:`conv_matrix` of ``kernel`` (in ``spec``'s layout), transposed layers included."""
     matrix = forward_matrix(working_kernel(kernel, spec, xp), spec, xp)
