@@ -48,7 +48,8 @@ def converter(backend: str | None, device: str) -> tuple[str, Callable[[Any], An
             msg = f"device {device!r}: torch sees {torch.cuda.device_count()} CUDA device(s)"
             raise ModelError(msg)
         where = torch.device(f"cuda:{index}" if gpu else "cpu")
-        return backend, lambda k: torch.asarray(k, device=where)
+        # Readers hand over read-only arrays (ONNX's, memory-mapped files): a copy, not PyTorch's warning.
+        return backend, lambda k: torch.asarray(k if k.flags.writeable else k.copy(), device=where)
     if backend == "jax":
         import jax
 

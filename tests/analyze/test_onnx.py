@@ -193,3 +193,15 @@ def test_onnx_first_input_without_spatial_axes(capsys, tmp_path):
     )
     table, _ = analyze(capsys, path, "--input-size", "8", "--no-progress")
     assert "note: --input-size does not resize the model's input 'gain' (0 axes" in table
+
+
+def test_onnx_on_torch_prints_no_warning(tmp_path, onnx_files):
+    """ONNX's arrays are read-only: PyTorch warns once per process, so a process of its own checks."""
+    import subprocess
+    import sys
+
+    need("torch")
+    command = [sys.executable, "-m", "convsv", "analyze", str(onnx_files["static"]), "--backend", "torch"]
+    result = subprocess.run([*command, "--format", "json"], capture_output=True, text=True, check=True)
+    assert result.stderr == ""
+    assert result.stdout.startswith("[")
