@@ -129,6 +129,16 @@ def test_errors_exit_with_status_2(capsys, tmp_path, monkeypatch, argv, message)
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["spectrum", "analyze"])
+def test_an_unknown_option_shows_the_command_s_usage(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--bogus"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"usage: convsv {command} ")
+    assert f"convsv {command}: error: unrecognized arguments: --bogus" in err
+
+
 def test_module_entry_point():
     result = subprocess.run(
         [sys.executable, "-m", "convsv", "--version"], capture_output=True, text=True, check=True

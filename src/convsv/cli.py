@@ -271,7 +271,9 @@ def _write(text: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # reported with the command's own usage, not the top level's
+        getattr(args, "usage", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         import numpy  # noqa: F401
     except ImportError:  # pragma: no cover - numpy is in the [cli] extra
