@@ -9,7 +9,7 @@ environment), ``lint`` and ``docs`` (the type check, then the pages built
 and their examples run). The parts of ``tests`` are sessions of their own
 for development, not run by default: ``core``, ``backend(name='torch')``
 (the core suite on one backend), ``adapters-torch``, ``adapters-jax``,
-``scripts``; so is ``typecheck``. ``nox -t gpu`` runs the GPU session in
+``scripts``; so is ``typecheck``. ``nox -t gpu`` runs the GPU session (``tests-gpu``) in
 the current interpreter (for machines with CUDA, torch/jax/cupy preinstalled
 and no package index). ``nox -s bench`` runs the benchmarks (``nox -s bench
 -- --quick`` for a smoke run); ``nox -s fuzz`` the random campaign against
@@ -195,7 +195,7 @@ def scripts(session: nox.Session) -> None:
     _scripts(session)
 
 
-@nox.session(venv_backend="none", default=False, tags=["gpu"])
+@nox.session(name="tests-gpu", venv_backend="none", default=False, tags=["gpu"])
 def tests_gpu(session: nox.Session) -> None:
     """Every backend, GPU variants required, in the current interpreter (no installs)."""
     session.run(
