@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import re
 import subprocess
 from pathlib import Path
 
@@ -252,6 +253,12 @@ def typecheck(session: nox.Session) -> None:
     session.run("mypy")
 
 
+def _remote_assets(site: Path) -> list[str]:
+    """The scripts and stylesheets that the built pages would fetch from elsewhere (links are fine)."""
+    tag = re.compile(r"<(?:script[^>]*\ssrc|link[^>]*rel=\"stylesheet\"[^>]*\shref)=\"(https?:[^\"]+)\"")
+    return sorted({url for page in site.rglob("*.html") for url in tag.findall(page.read_text("utf-8"))})
+
+
 @nox.session
 def docs(session: nox.Session) -> None:
     """Mypy; the documentation built with warnings as errors; every example in it and the README run."""
@@ -267,6 +274,9 @@ def docs(session: nox.Session) -> None:
     # CONVSV_REQUIRE_FORMATS: a command line example whose package is missing fails instead of skipping.
     env = {**TEST_ENV, "KERAS_BACKEND": "jax", "CONVSV_REQUIRE_FORMATS": "1"}
     session.run("sphinx-build", "-W", "--keep-going", "-n", "-b", "html", "docs", "docs/_build/html", env=env)
+    remote = _remote_assets(Path("docs/_build/html"))
+    if remote:  # the pages are read offline too: math, styles and scripts come with them
+        session.error(f"built pages load from the network: {remote[:5]}")
     report, _ = typecheck.communicate()
     session.log(f"mypy:\n{report}")
     if typecheck.returncode:

@@ -13,6 +13,7 @@ extensions = [
     "numpydoc",
     "sphinx.ext.autodoc",
     "sphinx.ext.mathjax",
+    "sphinx-mathjax-offline",  # MathJax copied into _static: the pages' math renders without a network
     "matplotlib.sphinxext.plot_directive",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
@@ -35,8 +36,10 @@ html_theme_options = {
 }
 # The theme's sidebar shows one section; this one shows the whole site, captions included.
 templates_path = ["_templates"]
+html_static_path = ["_static"]
+html_css_files = ["convsv.css"]
 html_sidebars = {"**": ["sidebar-nav-full"]}
-# MathJax is loaded from its CDN by the browser; the build itself needs no network.
+# Neither the build nor the built pages need a network (the docs session checks the pages).
 
 # Plots are drawn by running their scripts during the build.
 plot_include_source = False
