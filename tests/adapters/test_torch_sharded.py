@@ -137,3 +137,20 @@ def test_fsdp1_models_get_a_clear_error():
         clip_operator_norm_(wrapper, 1.0, input_shapes=SHAPES)
     with pytest.raises(TypeError, match="FSDP1"):
         list(convsv.torch.conv_layers(wrapper))
+
+
+@pytest.mark.slow
+def test_the_fsdp2_tutorial_script_runs_and_bounds_every_layer():
+    """``examples/torch_fsdp2_digits.py``, two gloo ranks: the same weights on both, every norm bounded."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parents[2] / "examples" / "torch_fsdp2_digits.py"
+    argv = ["--ranks", "2", "--steps", "20", "--every", "10", "--max-norm", "0.8"]
+    result = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, check=True)
+    lines = result.stdout.splitlines()
+    assert "every rank holds the same weights: True" in lines, lines
+    norms = [float(line.split()[4]) for line in lines if line.startswith("layer ")]
+    assert len(norms) == 2, lines
+    assert all(0.79 <= norm <= 0.8 * BOUND for norm in norms), lines
