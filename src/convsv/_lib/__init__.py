@@ -34,6 +34,7 @@ __all__ = [
     "complex_dtype",
     "contiguous",
     "device_of",
+    "explicit_sharding",
     "fori",
     "framework_convolution",
     "full_precision",
@@ -43,6 +44,8 @@ __all__ = [
     "pad_axis",
     "put_rows",
     "repeat",
+    "replicated",
+    "sharded_like",
     "start_vector",
     "stop_gradient",
     "while_loop",
@@ -141,21 +144,136 @@ def compiled_for_jax(func: F) -> F:
     other libraries, and arguments that cannot be static (unhashable ones)
     call ``func`` as it is. Lists become tuples first, so ``padding=[[1, 1]]``
     can be static.
+
+    Every core function a public one calls with the kernel has this wrapper,
+    so it is also where JAX arrays split over a mesh are taken in and
+    handed back (see the rules below).
     """
+    placed = _whole_on_each_device(func)
 
     @functools.wraps(func)
     def wrapper(array: Any, *args: Any, **kwargs: Any) -> Any:
-        if array_api_compat.is_jax_array(array) and not _is_traced(array):
+        if not array_api_compat.is_jax_array(array):
+            return func(array, *args, **kwargs)
+        split = kernel_split(array)
+        if _is_traced(array):
+            out = placed(array, *args, **kwargs)
+        else:
             args = tuple(_frozen(a) for a in args)
             kwargs = {name: _frozen(value) for name, value in kwargs.items()}
             try:
                 hash((args, tuple(kwargs.items())))
             except TypeError:
-                return func(array, *args, **kwargs)
-            return _jitted(func, len(args), tuple(sorted(kwargs)))(array, *args, **kwargs)
-        return func(array, *args, **kwargs)
+                out = placed(array, *args, **kwargs)
+            else:
+                out = _jitted(placed, len(args), tuple(sorted(kwargs)))(array, *args, **kwargs)
+        return out if split is None else split_like_kernel(out, array.shape, split)
 
     return wrapper  # type: ignore[return-value]
+
+
+# --- where arrays go: one device, or a JAX mesh ----------------------------------------------------
+# A JAX array may be split over a mesh of devices. Three rules, applied here and nowhere else, keep
+# the core's array-API code unaware of it. (1) New arrays (zeros, ranges, start vectors) are placed
+# by `device_of`: a split array's own sharding fits only arrays of its rank, so they go replicated
+# on its mesh instead. (2) Under explicit sharding (`AxisType.Explicit`, the default of
+# `jax.make_mesh` in recent JAX) the sharding is part of an array's type, and the reshapes that
+# gather a kernel's spectrum into per-frequency matrices have no type that follows a split channel
+# axis: the kernel is gathered whole on every device on the way in (kernels are small). In the
+# automatic mode XLA partitions the computation itself. (3) What comes out with the kernel's rank
+# and split axes (projections) is split again as the kernel was; norms, bounds and spectra come
+# out replicated. Inside a trace in the automatic mode the sharding is not known (the type does
+# not carry it): there XLA places the results.
+
+
+def _jax() -> Any:
+    """The jax module, imported by the first call that needs it (as ``Any``: its annotations are partial)."""
+    import jax
+
+    return jax
+
+
+def _whole_on_each_device(func: F) -> F:
+    """``func(array, ...)`` with an explicitly split JAX ``array`` first gathered whole on every device."""
+
+    @functools.wraps(func)
+    def placed(array: Any, *args: Any, **kwargs: Any) -> Any:
+        return func(replicated(array), *args, **kwargs)
+
+    return placed  # type: ignore[return-value]
+
+
+def kernel_split(x: Any) -> Any:
+    """The sharding that splits the JAX array ``x`` over several devices, where it is known; else ``None``.
+
+    Explicit sharding: the one in ``x``'s type (also for tracers). Automatic
+    sharding: a concrete array's ``NamedSharding`` where it splits an axis;
+    ``None`` for tracers, whose sharding is XLA's to choose.
+    """
+    sharding = explicit_sharding(x)
+    if sharding is not None or not array_api_compat.is_jax_array(x) or _is_traced(x):
+        return sharding
+    sharding = x.sharding
+    spec = getattr(sharding, "spec", None)
+    if spec is None or len(sharding.device_set) < 2 or all(axis is None for axis in spec):
+        return None
+    return sharding
+
+
+def split_like_kernel(out: Any, shape: tuple[int, ...], sharding: Any) -> Any:
+    """Every array in ``out`` with the kernel's rank and the sizes of its split axes, split as the kernel is.
+
+    ``shape`` is the kernel's and ``sharding`` its :func:`kernel_split`;
+    other arrays (norms, spectra) are left as they are.
+    """
+    jax = _jax()
+    spec = tuple(sharding.spec)
+
+    def split(leaf: Any) -> Any:
+        if not hasattr(leaf, "ndim") or leaf.ndim != len(shape) or len(spec) > len(shape):
+            return leaf
+        if any(axis is not None and leaf.shape[i] != shape[i] for i, axis in enumerate(spec)):
+            return leaf
+        if _is_traced(leaf):
+            return jax.sharding.reshard(leaf, sharding)
+        return jax.device_put(leaf, sharding)
+
+    return jax.tree.map(split, out)
+
+
+def explicit_sharding(x: Any) -> Any:
+    """The sharding in a JAX array's type under explicit sharding, where it splits an axis; else ``None``.
+
+    For a concrete array, its own (concrete) sharding, with the same split.
+    """
+    if not array_api_compat.is_jax_array(x):
+        return None
+    jax = _jax()
+    typeof = getattr(jax, "typeof", None)  # (JAX releases before explicit sharding have none)
+    sharding = getattr(typeof(x), "sharding", None) if typeof is not None else None
+    spec = getattr(sharding, "spec", None)
+    if spec is None or all(axis is None for axis in spec):
+        return None
+    # A concrete array's own sharding names its devices; its type's names an abstract mesh only.
+    return sharding if _is_traced(x) else x.sharding
+
+
+def replicated(x: Any) -> Any:
+    """``x`` gathered whole on every device where its type says it is split; ``x`` itself otherwise."""
+    sharding = explicit_sharding(x)
+    if sharding is None:
+        return x
+    jax = _jax()
+    return jax.sharding.reshard(x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+
+
+def sharded_like(x: Any, like: Any) -> Any:
+    """``x`` split as ``like``'s type says (explicit sharding); ``x`` itself otherwise."""
+    sharding = explicit_sharding(like)
+    if sharding is None:
+        return x
+    jax = _jax()
+    return jax.sharding.reshard(x, sharding)
 
 
 def _frozen(value: Any) -> Any:
@@ -270,7 +388,23 @@ def interleave_zeros(x: Array, axis: int, factor: int, xp: Namespace) -> Array:
 
 
 def device_of(x: Array) -> Any:
-    """The device of ``x`` (``None`` for JAX tracers, which is a valid ``device=``)."""
+    """Where arrays made to work beside ``x`` go: the ``device=`` of every array the core creates.
+
+    ``x``'s device; ``None`` for JAX tracers (a valid ``device=``: inside a
+    trace XLA places them). A concrete JAX array split over several devices
+    reports its sharding as its device, which fits only arrays of its rank:
+    new arrays go replicated on its mesh instead (uncommitted, ``None``,
+    where its sharding names no mesh), so a scalar never takes a kernel's
+    sharding.
+    """
+    if array_api_compat.is_jax_array(x) and not _is_traced(x):
+        sharding = x.sharding
+        if len(sharding.device_set) > 1:
+            mesh = getattr(sharding, "mesh", None)
+            if mesh is None:
+                return None
+            jax = _jax()
+            return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return array_api_compat.device(x)
 
 
