@@ -296,10 +296,12 @@ def clip_operator_norm(
 
     Notes
     -----
-    Sharded parameters: in JAX's default (automatic) sharding mode XLA
-    partitions the projection like any other computation; under explicit
-    sharding (``jax.sharding.AxisType.Explicit``) each kernel is gathered,
-    projected whole and resharded as the parameter is. Either way the values
+    Sharded parameters: the core projects kernels split over a mesh as they
+    are (see :func:`convsv.clip_operator_norm`). In JAX's automatic sharding
+    mode XLA partitions the projection like any other computation; under
+    explicit sharding (``jax.sharding.AxisType.Explicit``) each kernel is
+    gathered, its frequency blocks are clipped spread over the mesh, and the
+    result is split again as the parameter is. Either way the values
     are those of the unsharded computation and the updates keep the
     parameters' sharding (tested with a kernel split over its output
     channels on two devices). ``update`` also works outside ``jax.jit``: the

@@ -7,6 +7,7 @@ The rest of the core is written once against the namespace returned by
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import itertools
 import math
@@ -166,6 +167,8 @@ def compiled_for_jax(func: F) -> F:
             except TypeError:
                 out = placed(array, *args, **kwargs)
             else:
+                # The mesh is static: a program traced for one mesh is never reused on another.
+                kwargs["_mesh"] = mesh_of(array)
                 out = _jitted(placed, len(args), tuple(sorted(kwargs)))(array, *args, **kwargs)
         return out if split is None else split_like_kernel(out, array.shape, split)
 
@@ -193,14 +196,44 @@ def _jax() -> Any:
     return jax
 
 
-def _whole_on_each_device(func: F) -> F:
-    """``func(array, ...)`` with an explicitly split JAX ``array`` first gathered whole on every device."""
+#: The mesh of the kernel being computed with, for :func:`batch_map` to spread its batch over.
+_MESH: contextvars.ContextVar[Any] = contextvars.ContextVar("convsv_mesh", default=None)
 
-    @functools.wraps(func)
-    def placed(array: Any, *args: Any, **kwargs: Any) -> Any:
-        return func(replicated(array), *args, **kwargs)
+
+def _whole_on_each_device(func: F) -> F:
+    """``func(array, ...)`` with an explicitly split JAX ``array`` gathered whole on every device first.
+
+    While ``func`` runs (or is traced), the mesh ``array`` lies on (the
+    keyword ``_mesh``, passed where ``array`` is a tracer that does not say)
+    is the one :func:`batch_map` spreads the frequency blocks over; a
+    nested call on an array that names no mesh keeps the outer one.
+    (Not ``functools.wraps``: ``jax.jit`` must see ``_mesh`` as a keyword.)
+    """
+
+    def placed(array: Any, *args: Any, _mesh: Any = None, **kwargs: Any) -> Any:
+        mesh = _mesh if _mesh is not None else mesh_of(array)
+        token = _MESH.set(mesh if mesh is not None else _MESH.get())
+        try:
+            return func(replicated(array), *args, **kwargs)
+        finally:
+            _MESH.reset(token)
 
     return placed  # type: ignore[return-value]
+
+
+def mesh_of(x: Any) -> Any:
+    """The mesh of several devices a JAX array lies on, where known (concrete, or explicit); else ``None``."""
+    if not array_api_compat.is_jax_array(x):
+        return None
+    if _is_traced(x):
+        typeof = getattr(_jax(), "typeof", None)
+        sharding = getattr(typeof(x), "sharding", None) if typeof is not None else None
+    else:
+        sharding = x.sharding
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or getattr(mesh, "empty", True) or mesh.size < 2:
+        return None
+    return mesh
 
 
 def kernel_split(x: Any) -> Any:
@@ -518,6 +551,9 @@ def batch_map(fn: Callable[[Array], Any], matrices: Array, xp: Namespace) -> Any
     """
     batch, (r, c) = matrices.shape[:-2], matrices.shape[-2:]
     count = math.prod(batch)
+    mesh = _MESH.get()
+    if mesh is not None and array_api_compat.is_jax_array(matrices) and count >= mesh.size:
+        return _spread_over(mesh, fn, matrices, xp)
     workers = min(_workers(), count)
     if workers < 2 or count * r * c * min(r, c) < MIN_PARALLEL_WORK or not _threadable(matrices):
         return fn(matrices)
@@ -534,6 +570,32 @@ def batch_map(fn: Callable[[Array], Any], matrices: Array, xp: Namespace) -> Any
     if isinstance(results[0], tuple):
         return tuple(join([res[i] for res in results]) for i in range(len(results[0])))
     return join(results)
+
+
+def _spread_over(mesh: Any, fn: Callable[[Array], Any], matrices: Array, xp: Namespace) -> Any:
+    """:func:`batch_map` on a mesh: the batch split over all its devices, each decomposing its share.
+
+    The leading axis of the flattened batch, padded with zero matrices to a
+    multiple of the device count, is split over every axis of the mesh
+    (explicit axes: by type, then gathered back, since reshaping a split axis
+    has no explicit type; automatic axes: a constraint XLA propagates).
+    """
+    jax = _jax()
+    batch, (r, c) = matrices.shape[:-2], matrices.shape[-2:]
+    count = math.prod(batch)
+    spread = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names)))
+    explicit = all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+    flat = pad_axis(xp.reshape(matrices, (count, r, c)), 0, 0, -count % mesh.size, xp)
+    flat = jax.sharding.reshard(flat, spread) if explicit else jax.lax.with_sharding_constraint(flat, spread)
+    results = fn(flat)
+
+    def join(part: Array) -> Array:
+        if explicit:
+            whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            part = jax.sharding.reshard(part, whole)
+        return xp.reshape(part[:count, ...], (*batch, *part.shape[1:]))
+
+    return tuple(join(res) for res in results) if isinstance(results, tuple) else join(results)
 
 
 def on_accelerator(x: Array) -> bool:
