@@ -47,6 +47,7 @@ __all__ = [
     "repeat",
     "replicated",
     "sharded_like",
+    "spread_rows",
     "start_vector",
     "stop_gradient",
     "while_loop",
@@ -596,6 +597,28 @@ def _spread_over(mesh: Any, fn: Callable[[Array], Any], matrices: Array, xp: Nam
         return xp.reshape(part[:count, ...], (*batch, *part.shape[1:]))
 
     return tuple(join(res) for res in results) if isinstance(results, tuple) else join(results)
+
+
+def spread_rows(blocks: Array) -> Array:
+    """Frequency ``blocks`` ``(..., r, c)`` split over the kernel's mesh where that is XLA's to follow.
+
+    In JAX's automatic mode a constraint on the blocks as they are made lets
+    XLA compute each device's share there (the product that makes them is
+    partitioned too), along the first axis: the rows of the first spatial
+    frequency, which no FFT transforms afterwards (XLA 0.10's partitioner
+    aborts the process on an FFT along a split axis it cannot shuffle: the
+    other frequency axes are never split). Explicit axes, other libraries,
+    no mesh, or a row count the device count does not divide: ``blocks`` as
+    they are (:func:`batch_map` still spreads the decompositions).
+    """
+    mesh = _MESH.get()
+    if mesh is None or not array_api_compat.is_jax_array(blocks) or blocks.shape[0] % mesh.size:
+        return blocks
+    jax = _jax()
+    if any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+        return blocks
+    spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+    return jax.lax.with_sharding_constraint(blocks, jax.sharding.NamedSharding(mesh, spec))
 
 
 def on_accelerator(x: Array) -> bool:
