@@ -92,6 +92,31 @@ for mode in ("Explicit", "Auto"):
     except Exception as error:
         report[f"{mode}-op-by-op"] = (None, [f"{type(error).__name__}: {str(error)[:300]}"])
 
+# Transformations: shard_map with the kernel whole on each device (each computes alone), the
+# gradient of the norm (under jit: eager grad under explicit axes needs jax.set_mesh, as JAX's
+# own functions do), and vmap.
+norm = lambda a: convsv.operator_norm(a, N)
+clip = lambda a: convsv.clip_operator_norm(a, N, 1.0, iterations=2)  # as in CALLS
+reference_grad = jax.grad(norm)(kernel)
+for mode in ("Explicit", "Auto"):
+    mesh = jax.make_mesh((4,), ("x",), axis_types=(getattr(AxisType, mode),))
+    split = jax.device_put(kernel, NamedSharding(mesh, P(None, None, None, "x")))
+    try:
+        whole = jax.device_put(kernel, NamedSharding(mesh, P()))
+        each = jax.shard_map(lambda a: (norm(a), clip(a)), mesh=mesh, in_specs=P(), out_specs=(P(), P()))
+        value, projected = jax.jit(each)(whole)
+        gradient = jax.jit(jax.grad(norm))(split)
+        values = jax.vmap(norm)(jnp.stack([split, 2 * split]))
+        worst = max(
+            abs(float(value) - float(reference["operator_norm"])) / float(reference["operator_norm"]),
+            float(jnp.max(jnp.abs(projected - reference["clip_operator_norm"][0]))),
+            float(jnp.max(jnp.abs(gradient - reference_grad))),
+            float(jnp.max(jnp.abs(values - jnp.asarray([1.0, 2.0]) * reference["operator_norm"]))) / 2,
+        )
+        report[f"{mode}-transforms"] = (worst, [])
+    except Exception as error:
+        report[f"{mode}-transforms"] = (None, [f"{type(error).__name__}: {str(error)[:300]}"])
+
 # The frequency blocks are spread over the mesh: the memory XLA plans per device for a larger
 # layer's spectrum falls with the device count (compiled, not run).
 large = jnp.zeros((3, 3, 64, 64), jnp.float32)
@@ -122,7 +147,7 @@ def test_a_kernel_split_over_four_devices():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    runs = ("eager", "jit", "op-by-op", "memory")
+    runs = ("eager", "jit", "op-by-op", "transforms", "memory")
     assert set(report) == {f"{mode}-{run}" for mode in ("Explicit", "Auto") for run in runs}
     failed = {run: problems for run, (_, problems) in report.items() if problems}
     assert not failed, failed

@@ -158,7 +158,9 @@ def compiled_for_jax(func: F) -> F:
         if not array_api_compat.is_jax_array(array):
             return func(array, *args, **kwargs)
         split = kernel_split(array)
-        if _is_traced(array):
+        # Explicitly split tracers of grad or vmap outside jit are compiled too: op by op, arrays
+        # made beside them have no mesh to go on.
+        if _is_traced(array) and split is None:
             out = placed(array, *args, **kwargs)
         else:
             args = tuple(_frozen(a) for a in args)
@@ -234,6 +236,8 @@ def mesh_of(x: Any) -> Any:
     mesh = getattr(sharding, "mesh", None)
     if mesh is None or getattr(mesh, "empty", True) or mesh.size < 2:
         return None
+    if any(t == _jax().sharding.AxisType.Manual for t in mesh.axis_types):
+        return None  # inside shard_map: each device computes on its own
     return mesh
 
 
