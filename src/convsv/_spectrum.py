@@ -27,6 +27,7 @@ from ._lib import (
     complex_dtype,
     device_of,
     pad_axis,
+    spread_rows,
     start_vector,
     while_loop,
 )
@@ -172,7 +173,8 @@ def row_blocks(partial: Array, rows: range, spec: ConvSpec, xp: Namespace) -> Ar
     flat = xp.reshape(partial, (partial.shape[0], math.prod(partial.shape[1:])))
     # inf * 0 in the product would warn; NaN propagates quietly to every block, as an FFT's would.
     flat = xp.where(xp.isinf(flat), xp.full_like(flat, float("nan")), flat)
-    return to_blocks(xp.reshape(phases @ flat, (phases.shape[0], *partial.shape[1:])), spec, xp)
+    blocks = to_blocks(xp.reshape(phases @ flat, (phases.shape[0], *partial.shape[1:])), spec, xp)
+    return spread_rows(blocks)  # (on a mesh: each device makes its share)
 
 
 def kernel_from_rows(

@@ -33,12 +33,10 @@ from ._frameworks.jax import (
     is_array_like,
     is_function,
     kernel_entries,
-    replicated,
-    sharded_like,
 )
 from ._jax_layers import Conv, equinox_input_shapes, layer_options, naming, nnx_input_shapes
 from ._layout import ConvSpec, conv_spec
-from ._lib import namespace_of
+from ._lib import namespace_of, sharded_like
 from ._options import CLIP_OPTIONS, ClipOptions
 
 __all__ = [
@@ -146,15 +144,14 @@ def _project(kernel: jax.Array, spec: ConvSpec, options: ClipOptions) -> jax.Arr
 def _projected_update(update: Any, param: Any, spec: ConvSpec | None, options: ClipOptions) -> Any:
     """The update that takes ``param`` to the projection of ``param + update``, sharded as both are.
 
-    Under explicit sharding the kernel is projected whole on every device
-    (:func:`~convsv._frameworks.jax.replicated`), and the step split again
-    as the update is.
+    The core keeps the kernel's sharding (under explicit sharding it projects
+    the kernel whole on every device and splits the result again); the step
+    is split as the update is.
     """
     if spec is None:
         return update
     param = jnp.asarray(param)
-    target = replicated((param + update).astype(param.dtype))
-    step = sharded_like(_project(target, spec, options), param) - param
+    step = _project((param + update).astype(param.dtype), spec, options) - param
     return sharded_like(step, update).astype(update.dtype)
 
 
@@ -299,10 +296,12 @@ def clip_operator_norm(
 
     Notes
     -----
-    Sharded parameters: in JAX's default (automatic) sharding mode XLA
-    partitions the projection like any other computation; under explicit
-    sharding (``jax.sharding.AxisType.Explicit``) each kernel is gathered,
-    projected whole and resharded as the parameter is. Either way the values
+    Sharded parameters: the core projects kernels split over a mesh as they
+    are (see :func:`convsv.clip_operator_norm`). In JAX's automatic sharding
+    mode XLA partitions the projection like any other computation; under
+    explicit sharding (``jax.sharding.AxisType.Explicit``) each kernel is
+    gathered, its frequency blocks are clipped spread over the mesh, and the
+    result is split again as the parameter is. Either way the values
     are those of the unsharded computation and the updates keep the
     parameters' sharding (tested with a kernel split over its output
     channels on two devices). ``update`` also works outside ``jax.jit``: the

@@ -1,4 +1,4 @@
-"""JAX models in convsv's terms: which parameters are kernels, the shapes layers see, sharding.
+"""JAX models in convsv's terms: which parameters are kernels and the shapes layers see.
 
 Shared by the Flax and Equinox translators and the optax adapter. JAX is
 imported by the calls that need it, never by importing this module.
@@ -176,38 +176,3 @@ def padtype_pads(
     """The zeros ``jax.lax`` adds for a ``"SAME"``, ``"SAME_LOWER"`` or ``"VALID"`` convolution."""
     pads = _jax().lax.padtype_to_pads(tuple(shape), tuple(spans), tuple(strides), mode)
     return [(int(a), int(b)) for a, b in pads]
-
-
-# --- explicit sharding -----------------------------------------------------------------------------
-# In JAX's default (automatic) mode an array's type carries no sharding and XLA partitions a
-# computation by itself. Under explicit sharding the type does, and the projection reshapes a
-# kernel's spectrum in ways such types cannot follow; kernels are small, so each device projects
-# the whole kernel: gather, project, reshard.
-
-
-def explicit_sharding(x: Any) -> Any:
-    """The sharding in ``x``'s type under explicit sharding, where it splits an axis; else ``None``."""
-    typeof = getattr(_jax(), "typeof", None)  # (JAX releases before explicit sharding have none)
-    sharding = getattr(typeof(x), "sharding", None) if typeof is not None else None
-    spec = getattr(sharding, "spec", None)
-    if spec is None or all(axis is None for axis in spec):
-        return None
-    return sharding
-
-
-def replicated(x: Any) -> Any:
-    """``x`` gathered whole on every device where its type says it is split; ``x`` itself otherwise."""
-    sharding = explicit_sharding(x)
-    if sharding is None:
-        return x
-    jax_sharding = _jax().sharding
-    whole = jax_sharding.NamedSharding(sharding.mesh, jax_sharding.PartitionSpec())
-    return jax_sharding.reshard(x, whole)
-
-
-def sharded_like(x: Any, like: Any) -> Any:
-    """``x`` split as ``like``'s type says (explicit sharding); ``x`` itself otherwise."""
-    sharding = explicit_sharding(like)
-    if sharding is None:
-        return x
-    return _jax().sharding.reshard(x, sharding)

@@ -7,6 +7,7 @@ The rest of the core is written once against the namespace returned by
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import itertools
 import math
@@ -34,6 +35,7 @@ __all__ = [
     "complex_dtype",
     "contiguous",
     "device_of",
+    "explicit_sharding",
     "fori",
     "framework_convolution",
     "full_precision",
@@ -43,6 +45,9 @@ __all__ = [
     "pad_axis",
     "put_rows",
     "repeat",
+    "replicated",
+    "sharded_like",
+    "spread_rows",
     "start_vector",
     "stop_gradient",
     "while_loop",
@@ -141,21 +146,172 @@ def compiled_for_jax(func: F) -> F:
     other libraries, and arguments that cannot be static (unhashable ones)
     call ``func`` as it is. Lists become tuples first, so ``padding=[[1, 1]]``
     can be static.
+
+    Every core function a public one calls with the kernel has this wrapper,
+    so it is also where JAX arrays split over a mesh are taken in and
+    handed back (see the rules below).
     """
+    placed = _whole_on_each_device(func)
 
     @functools.wraps(func)
     def wrapper(array: Any, *args: Any, **kwargs: Any) -> Any:
-        if array_api_compat.is_jax_array(array) and not _is_traced(array):
+        if not array_api_compat.is_jax_array(array):
+            return func(array, *args, **kwargs)
+        split = kernel_split(array)
+        # Explicitly split tracers of grad or vmap outside jit are compiled too: op by op, arrays
+        # made beside them have no mesh to go on.
+        if _is_traced(array) and split is None:
+            out = placed(array, *args, **kwargs)
+        else:
             args = tuple(_frozen(a) for a in args)
             kwargs = {name: _frozen(value) for name, value in kwargs.items()}
             try:
                 hash((args, tuple(kwargs.items())))
             except TypeError:
-                return func(array, *args, **kwargs)
-            return _jitted(func, len(args), tuple(sorted(kwargs)))(array, *args, **kwargs)
-        return func(array, *args, **kwargs)
+                out = placed(array, *args, **kwargs)
+            else:
+                # The mesh is static: a program traced for one mesh is never reused on another.
+                kwargs["_mesh"] = mesh_of(array)
+                out = _jitted(placed, len(args), tuple(sorted(kwargs)))(array, *args, **kwargs)
+        return out if split is None else split_like_kernel(out, array.shape, split)
 
     return wrapper  # type: ignore[return-value]
+
+
+# --- where arrays go: one device, or a JAX mesh ----------------------------------------------------
+# A JAX array may be split over a mesh of devices. Three rules, applied here and nowhere else, keep
+# the core's array-API code unaware of it. (1) New arrays (zeros, ranges, start vectors) are placed
+# by `device_of`: a split array's own sharding fits only arrays of its rank, so they go replicated
+# on its mesh instead. (2) Under explicit sharding (`AxisType.Explicit`, the default of
+# `jax.make_mesh` in recent JAX) the sharding is part of an array's type, and the reshapes that
+# gather a kernel's spectrum into per-frequency matrices have no type that follows a split channel
+# axis: the kernel is gathered whole on every device on the way in (kernels are small). In the
+# automatic mode XLA partitions the computation itself. (3) What comes out with the kernel's rank
+# and split axes (projections) is split again as the kernel was; norms, bounds and spectra come
+# out replicated. Inside a trace in the automatic mode the sharding is not known (the type does
+# not carry it): there XLA places the results.
+
+
+def _jax() -> Any:
+    """The jax module, imported by the first call that needs it (as ``Any``: its annotations are partial)."""
+    import jax
+
+    return jax
+
+
+#: The mesh of the kernel being computed with, for :func:`batch_map` to spread its batch over.
+_MESH: contextvars.ContextVar[Any] = contextvars.ContextVar("convsv_mesh", default=None)
+
+
+def _whole_on_each_device(func: F) -> F:
+    """``func(array, ...)`` with an explicitly split JAX ``array`` gathered whole on every device first.
+
+    While ``func`` runs (or is traced), the mesh ``array`` lies on (the
+    keyword ``_mesh``, passed where ``array`` is a tracer that does not say)
+    is the one :func:`batch_map` spreads the frequency blocks over; a
+    nested call on an array that names no mesh keeps the outer one.
+    (Not ``functools.wraps``: ``jax.jit`` must see ``_mesh`` as a keyword.)
+    """
+
+    def placed(array: Any, *args: Any, _mesh: Any = None, **kwargs: Any) -> Any:
+        mesh = _mesh if _mesh is not None else mesh_of(array)
+        token = _MESH.set(mesh if mesh is not None else _MESH.get())
+        try:
+            return func(replicated(array), *args, **kwargs)
+        finally:
+            _MESH.reset(token)
+
+    return placed  # type: ignore[return-value]
+
+
+def mesh_of(x: Any) -> Any:
+    """The mesh of several devices a JAX array lies on, where known (concrete, or explicit); else ``None``."""
+    if not array_api_compat.is_jax_array(x):
+        return None
+    if _is_traced(x):
+        typeof = getattr(_jax(), "typeof", None)
+        sharding = getattr(typeof(x), "sharding", None) if typeof is not None else None
+    else:
+        sharding = x.sharding
+    mesh = getattr(sharding, "mesh", None)
+    if mesh is None or getattr(mesh, "empty", True) or mesh.size < 2:
+        return None
+    if any(t == _jax().sharding.AxisType.Manual for t in mesh.axis_types):
+        return None  # inside shard_map: each device computes on its own
+    return mesh
+
+
+def kernel_split(x: Any) -> Any:
+    """The sharding that splits the JAX array ``x`` over several devices, where it is known; else ``None``.
+
+    Explicit sharding: the one in ``x``'s type (also for tracers). Automatic
+    sharding: a concrete array's ``NamedSharding`` where it splits an axis;
+    ``None`` for tracers, whose sharding is XLA's to choose.
+    """
+    sharding = explicit_sharding(x)
+    if sharding is not None or not array_api_compat.is_jax_array(x) or _is_traced(x):
+        return sharding
+    sharding = x.sharding
+    spec = getattr(sharding, "spec", None)
+    if spec is None or len(sharding.device_set) < 2 or all(axis is None for axis in spec):
+        return None
+    return sharding
+
+
+def split_like_kernel(out: Any, shape: tuple[int, ...], sharding: Any) -> Any:
+    """Every array in ``out`` with the kernel's rank and the sizes of its split axes, split as the kernel is.
+
+    ``shape`` is the kernel's and ``sharding`` its :func:`kernel_split`;
+    other arrays (norms, spectra) are left as they are.
+    """
+    jax = _jax()
+    spec = tuple(sharding.spec)
+
+    def split(leaf: Any) -> Any:
+        if not hasattr(leaf, "ndim") or leaf.ndim != len(shape) or len(spec) > len(shape):
+            return leaf
+        if any(axis is not None and leaf.shape[i] != shape[i] for i, axis in enumerate(spec)):
+            return leaf
+        if _is_traced(leaf):
+            return jax.sharding.reshard(leaf, sharding)
+        return jax.device_put(leaf, sharding)
+
+    return jax.tree.map(split, out)
+
+
+def explicit_sharding(x: Any) -> Any:
+    """The sharding in a JAX array's type under explicit sharding, where it splits an axis; else ``None``.
+
+    For a concrete array, its own (concrete) sharding, with the same split.
+    """
+    if not array_api_compat.is_jax_array(x):
+        return None
+    jax = _jax()
+    typeof = getattr(jax, "typeof", None)  # (JAX releases before explicit sharding have none)
+    sharding = getattr(typeof(x), "sharding", None) if typeof is not None else None
+    spec = getattr(sharding, "spec", None)
+    if spec is None or all(axis is None for axis in spec):
+        return None
+    # A concrete array's own sharding names its devices; its type's names an abstract mesh only.
+    return sharding if _is_traced(x) else x.sharding
+
+
+def replicated(x: Any) -> Any:
+    """``x`` gathered whole on every device where its type says it is split; ``x`` itself otherwise."""
+    sharding = explicit_sharding(x)
+    if sharding is None:
+        return x
+    jax = _jax()
+    return jax.sharding.reshard(x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
+
+
+def sharded_like(x: Any, like: Any) -> Any:
+    """``x`` split as ``like``'s type says (explicit sharding); ``x`` itself otherwise."""
+    sharding = explicit_sharding(like)
+    if sharding is None:
+        return x
+    jax = _jax()
+    return jax.sharding.reshard(x, sharding)
 
 
 def _frozen(value: Any) -> Any:
@@ -270,7 +426,23 @@ def interleave_zeros(x: Array, axis: int, factor: int, xp: Namespace) -> Array:
 
 
 def device_of(x: Array) -> Any:
-    """The device of ``x`` (``None`` for JAX tracers, which is a valid ``device=``)."""
+    """Where arrays made to work beside ``x`` go: the ``device=`` of every array the core creates.
+
+    ``x``'s device; ``None`` for JAX tracers (a valid ``device=``: inside a
+    trace XLA places them). A concrete JAX array split over several devices
+    reports its sharding as its device, which fits only arrays of its rank:
+    new arrays go replicated on its mesh instead (uncommitted, ``None``,
+    where its sharding names no mesh), so a scalar never takes a kernel's
+    sharding.
+    """
+    if array_api_compat.is_jax_array(x) and not _is_traced(x):
+        sharding = x.sharding
+        if len(sharding.device_set) > 1:
+            mesh = getattr(sharding, "mesh", None)
+            if mesh is None:
+                return None
+            jax = _jax()
+            return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return array_api_compat.device(x)
 
 
@@ -384,6 +556,9 @@ def batch_map(fn: Callable[[Array], Any], matrices: Array, xp: Namespace) -> Any
     """
     batch, (r, c) = matrices.shape[:-2], matrices.shape[-2:]
     count = math.prod(batch)
+    mesh = _MESH.get()
+    if mesh is not None and array_api_compat.is_jax_array(matrices) and count >= mesh.size:
+        return _spread_over(mesh, fn, matrices, xp)
     workers = min(_workers(), count)
     if workers < 2 or count * r * c * min(r, c) < MIN_PARALLEL_WORK or not _threadable(matrices):
         return fn(matrices)
@@ -400,6 +575,54 @@ def batch_map(fn: Callable[[Array], Any], matrices: Array, xp: Namespace) -> Any
     if isinstance(results[0], tuple):
         return tuple(join([res[i] for res in results]) for i in range(len(results[0])))
     return join(results)
+
+
+def _spread_over(mesh: Any, fn: Callable[[Array], Any], matrices: Array, xp: Namespace) -> Any:
+    """:func:`batch_map` on a mesh: the batch split over all its devices, each decomposing its share.
+
+    The leading axis of the flattened batch, padded with zero matrices to a
+    multiple of the device count, is split over every axis of the mesh
+    (explicit axes: by type, then gathered back, since reshaping a split axis
+    has no explicit type; automatic axes: a constraint XLA propagates).
+    """
+    jax = _jax()
+    batch, (r, c) = matrices.shape[:-2], matrices.shape[-2:]
+    count = math.prod(batch)
+    spread = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names)))
+    explicit = all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
+    flat = pad_axis(xp.reshape(matrices, (count, r, c)), 0, 0, -count % mesh.size, xp)
+    flat = jax.sharding.reshard(flat, spread) if explicit else jax.lax.with_sharding_constraint(flat, spread)
+    results = fn(flat)
+
+    def join(part: Array) -> Array:
+        if explicit:
+            whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            part = jax.sharding.reshard(part, whole)
+        return xp.reshape(part[:count, ...], (*batch, *part.shape[1:]))
+
+    return tuple(join(res) for res in results) if isinstance(results, tuple) else join(results)
+
+
+def spread_rows(blocks: Array) -> Array:
+    """Frequency ``blocks`` ``(..., r, c)`` split over the kernel's mesh where that is XLA's to follow.
+
+    In JAX's automatic mode a constraint on the blocks as they are made lets
+    XLA compute each device's share there (the product that makes them is
+    partitioned too), along the first axis: the rows of the first spatial
+    frequency, which no FFT transforms afterwards (XLA 0.10's partitioner
+    aborts the process on an FFT along a split axis it cannot shuffle: the
+    other frequency axes are never split). Explicit axes, other libraries,
+    no mesh, or a row count the device count does not divide: ``blocks`` as
+    they are (:func:`batch_map` still spreads the decompositions).
+    """
+    mesh = _MESH.get()
+    if mesh is None or not array_api_compat.is_jax_array(blocks) or blocks.shape[0] % mesh.size:
+        return blocks
+    jax = _jax()
+    if any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
+        return blocks
+    spec = jax.sharding.PartitionSpec(tuple(mesh.axis_names))
+    return jax.lax.with_sharding_constraint(blocks, jax.sharding.NamedSharding(mesh, spec))
 
 
 def on_accelerator(x: Array) -> bool:
