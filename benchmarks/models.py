@@ -1,4 +1,4 @@
-"""The networks the benchmarks use: a CIFAR ResNet-32 in plain PyTorch, and ResNet-50's conv shapes.
+"""The benchmarks' networks: CIFAR ResNet-32s and ResNet-18 in plain PyTorch, and ResNet-50's conv shapes.
 
 Nothing here imports torch at module level, so the ResNet-50 table can be read by a
 process that loads only NumPy.
@@ -63,9 +63,58 @@ def resnet32(num_classes: int = 10):
     return cifar_resnet(32, num_classes=num_classes)
 
 
+def cifar_resnet_b(depth: int, num_classes: int = 10):
+    """The CIFAR ResNet of :func:`cifar_resnet` with option-B shortcuts (He et al. 2016, section 3.3).
+
+    Where a block changes the width and halves the map, its shortcut is a strided 1x1
+    convolution and a batch norm (torchvision's ``downsample``) instead of option A's
+    subsample-and-pad-with-zeros; every other layer is as in :func:`cifar_resnet`. The blocks are
+    ``experiments/imagenet_resnet.py``'s ``BasicBlock``.
+    """
+    from torch import nn
+
+    resnets = _experiment("imagenet_resnet")
+    blocks, c_in = [], 16
+    for c_out, stride in [(16, 1), (32, 2), (64, 2)]:
+        for block in range((depth - 2) // 6):
+            s = stride if block == 0 else 1
+            shortcut = None
+            if s != 1 or c_in != c_out:
+                shortcut = nn.Sequential(
+                    nn.Conv2d(c_in, c_out, 1, stride=s, bias=False), nn.BatchNorm2d(c_out)
+                )
+            blocks.append(resnets.BasicBlock(c_in, c_out, s, shortcut))
+            c_in = c_out
+    stem = [nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()]
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
+    return nn.Sequential(*stem, *blocks, *head)
+
+
+def resnet18():
+    """torchvision's ResNet-18, randomly initialised as torchvision does, written out without torchvision.
+
+    A 7x7/2 stem convolution with batch norm and ReLU, a 3x3/2 max pool, four stages of two
+    basic blocks (64, 128, 256, 512 channels; the first block of stages 2-4 strides by 2 and
+    has a 1x1 convolution + batch norm shortcut), global average pooling and ``fc`` to 1000
+    classes: 11,689,512 parameters. The one definition lives in
+    ``experiments/imagenet_resnet.py``, whose tests check its parameters against torchvision's.
+    """
+    return _experiment("imagenet_resnet").resnet("resnet18")
+
+
+def randomise_batch_norms(model, input_shape: tuple[int, ...], seed: int = 0):
+    """Seeded random batch-norm weights and running statistics (``imagenet_resnet.randomise_batch_norms``)."""
+    return _experiment("imagenet_resnet").randomise_batch_norms(model, input_shape, seed)
+
+
 def _clipping():
     """``experiments/clipping.py``, which holds what the benchmarks share with the experiments."""
+    return _experiment("clipping")
+
+
+def _experiment(name: str):
+    """The module ``experiments/<name>.py``."""
     experiments = str(Path(__file__).resolve().parents[1] / "experiments")
     if experiments not in sys.path:
         sys.path.insert(0, experiments)
-    return importlib.import_module("clipping")
+    return importlib.import_module(name)

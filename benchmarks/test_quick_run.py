@@ -49,3 +49,31 @@ def test_the_gpu_check_collects_on_a_machine_without_a_gpu(tmp_path):
     counts = [int(line.split("/")[0]) for line in done.stdout.splitlines() if "collected" in line]
     assert len(counts) == 2, done.stdout
     assert min(counts) > 0, done.stdout
+
+
+def test_lipschitz_certify_quick_run(tmp_path):
+    """Not a timing test: every network is certified or refused by name, and the bounds are ordered."""
+    out = tmp_path / "lipschitz.json"
+    script = str(HERE / "lipschitz_certify.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, script, "--quick", "--out", str(out)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    saved = json.loads(out.read_text())
+    assert saved["settings"]["torch_threads"] == 1
+    rows = {row["model"]: row for row in saved["rows"]}
+    assert set(rows) == {"ResNet-18", "CIFAR ResNet-8, option A", "CIFAR ResNet-8, option B"}
+    certified = ["ResNet-18", "CIFAR ResNet-8, option B"]  # batch norm and 1x1 shortcuts have rules
+    if "refused" in rows["CIFAR ResNet-8, option A"]:  # its zero-padding shortcut (F.pad) has none yet
+        assert rows["CIFAR ResNet-8, option A"]["refused"].startswith("node "), rows
+    else:
+        certified.append("CIFAR ResNet-8, option A")
+    for name in certified:
+        row = rows[name]
+        assert 0 < row["lower"] <= row["upper"] <= row["naive"] * (1 + 1e-9), row
+        assert row["nodes"] > 30, row
+        assert row["certificate_seconds"] > 0, row
+        assert row["lower_seconds"] > 0, row
+    rows_printed = [line for line in done.stdout.splitlines() if line.startswith(("| ResNet", "| CIFAR"))]
+    assert len(rows_printed) == 3, done.stdout

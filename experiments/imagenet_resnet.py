@@ -116,3 +116,31 @@ def resnet(arch: str) -> ResNet:
     """The named architecture (a key of :data:`ARCHITECTURES`), randomly initialised."""
     blocks_per_stage, bottleneck = ARCHITECTURES[arch]
     return ResNet(blocks_per_stage, bottleneck)
+
+
+def randomise_batch_norms(model: nn.Module, input_shape: tuple[int, ...], seed: int = 0) -> nn.Module:
+    """Give every batch norm seeded random affine weights and the running statistics of random inputs.
+
+    A randomly initialised network has batch norms at scale 1, shift 0, mean 0 and variance 1,
+    which makes each a no-op in eval mode. Here each gets a scale drawn uniformly from
+    [0.5, 1.5] and a shift from N(0, 0.1^2), then the network runs in training mode on two
+    batches of four N(0, 1) inputs of ``input_shape`` (batch axis excluded), with
+    ``momentum=None`` so that the running statistics are the average of the two batches'.
+    Each layer's statistics are then those of its own input, as after training. The model is
+    returned in eval mode, with the batch norms' momentum restored.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in norms]
+    with torch.no_grad():
+        for bn in norms:
+            bn.weight.copy_(0.5 + torch.rand(bn.num_features, generator=generator))
+            bn.bias.copy_(0.1 * torch.randn(bn.num_features, generator=generator))
+            bn.reset_running_stats()
+            bn.momentum = None
+        model.train()
+        for _ in range(2):
+            model(torch.randn(4, *input_shape, generator=generator))
+    for bn, momentum in zip(norms, momenta, strict=True):
+        bn.momentum = momentum
+    return model.eval()
