@@ -47,6 +47,7 @@ from ._lipschitz_maps import (
     pool_dims,
     upsample_map,
 )
+from ._options import NormOptions
 
 __all__ = ["LipschitzReport", "NodeBound", "lipschitz_bound"]
 
@@ -612,6 +613,7 @@ def certify_graph(
     if method == "power":
         msg = "method='power' estimates a norm from below; a certificate needs an upper bound"
         raise ValueError(msg)
+    NormOptions(method, tol)  # checked before any work
     for value, name in ((lower_bound_samples, "lower_bound_samples"), (lower_bound_iterations, "iterations")):
         if not isinstance(value, int) or value < 0:
             msg = f"`{name}` must be a non-negative int, got {value!r}"

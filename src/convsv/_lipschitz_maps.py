@@ -21,7 +21,9 @@ from torch import fx, nn
 from torch.nn import functional as F
 
 from ._frameworks.torch import conv_options
-from ._norms import operator_norm_bounds
+from ._layout import parse
+from ._options import NormOptions
+from ._values import norm_upper
 
 #: GELU's constant: ``d/dx x Phi(x) = Phi(x) + x phi(x)`` peaks where ``phi(x) (2 - x^2) = 0``, at
 #: ``x = sqrt(2)``: ``Phi(sqrt 2) + sqrt(2) phi(sqrt 2) = (1 + erf 1) / 2 + exp(-1) / sqrt(pi)`` (1.1289).
@@ -61,7 +63,10 @@ def norm_of(linear: Map, tol: float | None, method: str) -> tuple[float, str]:
     """``linear``'s operator norm (certified from above) and how it was found."""
     label = " + ".join(linear.names)
     if linear.kind == "conv":
-        _, upper = operator_norm_bounds(linear.weight, linear.shape, tol=tol, method=method, **linear.options)
+        # The upper end of operator_norm_bounds alone: its Lanczos lower end would be thrown away.
+        layer = dict(linear.options)
+        array, spec, xp = parse(linear.weight, linear.shape, layer.pop("layout"), None, **layer)
+        upper = norm_upper(array, spec, xp, NormOptions(method, tol))
         exact = linear.options.get("padding") == "circular"
         how = "exact norm" if exact else "certified upper bound (circular layer on the padded map)"
         return float(upper), f"{how} of {label}"

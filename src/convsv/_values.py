@@ -157,6 +157,14 @@ def norm(kernel: Array, spec: ConvSpec, xp: Namespace, options: NormOptions) -> 
 @whole_dtensor_kernel(reshard=False)
 @full_precision
 @compiled_for_jax
+def norm_upper(kernel: Array, spec: ConvSpec, xp: Namespace, options: NormOptions) -> Array:
+    """The upper end of :func:`norm_bounds` alone: the circular layer's norm on the (padded) grid."""
+    return circular_norm(working_kernel(kernel, spec, xp), spec, xp, options)
+
+
+@whole_dtensor_kernel(reshard=False)
+@full_precision
+@compiled_for_jax
 def norm_bounds(kernel: Array, spec: ConvSpec, xp: Namespace, options: NormOptions) -> tuple[Array, Array]:
     """:func:`operator_norm_bounds` of ``kernel`` (in ``spec``'s layout)."""
     array = working_kernel(kernel, spec, xp)
