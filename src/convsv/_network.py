@@ -18,7 +18,7 @@ from typing import Any
 
 from ._models import ModelError, _need, build_module, expand_size, load_checkpoint, model_file
 
-#: What the report's input is: the certificate holds for inputs of its shape, any values.
+#: The seed of the example input (its values start the lower bound; the certificate holds for any).
 EXAMPLE_SEED = 0
 
 
@@ -55,6 +55,9 @@ def certify_file(
 
     path, _ = model_file(path)
     suffix = path.suffix.lower()
+    if module_spec is not None and suffix not in (".pt", ".pth"):
+        msg = f"{path}: --module names the model of a state dict (.pt/.pth), not a {path.suffix} file's"
+        raise ModelError(msg)
     generator = torch.Generator().manual_seed(EXAMPLE_SEED)
     try:
         if suffix == ".onnx":

@@ -129,6 +129,9 @@ def test_module_needs_a_state_dict(capsys, user_model, tmp_path):
     analyze_error(capsys, "whole.pt", "--module", "usermodels_spec:build", message="does not unpickle")
     np.savez(tmp_path / "k.npz", conv=np.ones((3, 3, 2, 2)))
     analyze_error(capsys, "k.npz", "--module", "usermodels_spec:build", message="not a .npz file's")
+    analyze_error(
+        capsys, "k.npz", "--module", "usermodels_spec:build", "--network", message="not a .npz file's"
+    )
     with pytest.raises(SystemExit):
         analyze(capsys, "--module", "usermodels_spec:build")
     assert "--module needs MODEL" in capsys.readouterr().err
