@@ -17,13 +17,13 @@ Run (the backend is Keras', from ``KERAS_BACKEND``)::
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 from typing import Any
 
 import keras
 import numpy as np
+from report import step_ratios
 
 from convsv.keras import SpectralNormalization
 
@@ -67,13 +67,8 @@ def main() -> None:
             start = time.perf_counter()
             model.train_on_batch(x, y)  # returns the loss as a float: the step has finished
             times[name].append(time.perf_counter() - start)
-    base = times["Keras SpectralNormalization"]
     print(f"keras {keras.__version__}, backend {keras.backend.backend()}, {args.rounds} rounds\n")
-    print("| normalisation | median step (ms) | median ratio to Keras' SpectralNormalization |")
-    print("|---|---:|---:|")
-    for name, values in times.items():
-        ratio = statistics.median(t / b for t, b in zip(values, base, strict=True))
-        print(f"| {name} | {1e3 * statistics.median(values):.1f} | {ratio:.3f} |")
+    print("\n".join(step_ratios(times, "Keras SpectralNormalization", "Keras' SpectralNormalization")))
 
 
 if __name__ == "__main__":

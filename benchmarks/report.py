@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,15 @@ def table(columns: list[Column], rows: list[Any]) -> list[str]:
     """A Markdown table: one column per ``(header, cell function)``, one line per row."""
     lines = ["| " + " | ".join(h for h, _ in columns) + " |", "|" + "---|" * len(columns)]
     return [*lines, *("| " + " | ".join(cell(row) for _, cell in columns) + " |" for row in rows), ""]
+
+
+def step_ratios(times: dict[str, list[float]], base: str, label: str) -> list[str]:
+    """Each method's median step and its median ratio, round by round, to ``base``'s (``label``)."""
+    lines = [f"| normalisation | median step (ms) | median ratio to {label} |", "|---|---:|---:|"]
+    for name, values in times.items():
+        ratio = statistics.median(t / b for t, b in zip(values, times[base], strict=True))
+        lines.append(f"| {name} | {1e3 * statistics.median(values):.1f} | {ratio:.3f} |")
+    return lines
 
 
 def machine_section(info: dict) -> list[str]:

@@ -16,11 +16,11 @@ Run::
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 
 import torch
+from report import step_ratios
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm as torch_spectral_norm
 
@@ -66,13 +66,8 @@ def main() -> None:
     for _ in range(args.rounds):
         for name, step in steps.items():
             times[name].append(step())
-    base = times["PyTorch spectral_norm"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.rounds} rounds\n")
-    print("| normalisation | median step (ms) | median ratio to PyTorch's spectral_norm |")
-    print("|---|---:|---:|")
-    for name, values in times.items():
-        ratio = statistics.median(t / b for t, b in zip(values, base, strict=True))
-        print(f"| {name} | {1e3 * statistics.median(values):.1f} | {ratio:.3f} |")
+    print("\n".join(step_ratios(times, "PyTorch spectral_norm", "PyTorch's spectral_norm")))
 
 
 if __name__ == "__main__":
