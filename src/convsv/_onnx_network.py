@@ -84,8 +84,11 @@ class _Translation:
         node = self.live(value)
         if node is not None:
             return node
-        array = self.constant(value, "operand")
-        name = self.name(f"const_{value}")
+        return self.buffer(f"const_{value}", self.constant(value, "operand"))
+
+    def buffer(self, label: str, array: np.ndarray) -> fx.Node:
+        """A stored tensor, in its stored dtype, as a buffer of the module."""
+        name = self.name(label)
         self.root.register_buffer(name, torch.from_numpy(np.array(array)))
         return self.graph.get_attr(name)
 
@@ -122,10 +125,9 @@ class _Translation:
         if op in ("Identity", "Dropout"):
             return self._identity(node)
         x = self.env.get(node.input[0])
-        if x is None:
+        if x is None and op not in (*_BINARY, "Concat"):
             msg = "only its first input may depend on the model's input"
-            if op not in (*_BINARY, "Concat"):
-                raise _Unsupported(msg)
+            raise _Unsupported(msg)
         if op in _BINARY:
             return [
                 self.function(label, _BINARY[op], self.operand(node.input[0]), self.operand(node.input[1]))
@@ -216,7 +218,7 @@ class _Translation:
         if c.size in (1, weight.shape[0]) and c.ndim <= 2 and c.shape[-1:] in ((), (1,), weight.shape[:1]):
             return self.module(label, _linear(weight, np.broadcast_to(c.reshape(-1), weight.shape[:1])), x)
         y = self.module(label, _linear(weight, None), x)  # a bias per row of the batch: added as stored
-        return self.function(f"{label}_bias", operator.add, y, self._buffer(f"{label}_bias", c))
+        return self.function(f"{label}_bias", operator.add, y, self.buffer(f"{label}_bias", c))
 
     def _matmul(self, node: Any, label: str, x: fx.Node, attrs: dict[str, Any]) -> fx.Node:
         b = self.constant(node.input[1], "second operand")
@@ -224,11 +226,6 @@ class _Translation:
             msg = f"MatMul by a stored {b.ndim}-D array (a 2-D matrix is modelled)"
             raise _Unsupported(msg)
         return self.module(label, _linear(b.T, None), x)
-
-    def _buffer(self, label: str, array: np.ndarray) -> fx.Node:
-        name = self.name(label)
-        self.root.register_buffer(name, torch.from_numpy(np.array(array, dtype=np.float32)))
-        return self.graph.get_attr(name)
 
     def _leakyrelu(self, node: Any, label: str, x: fx.Node, attrs: dict[str, Any]) -> fx.Node:
         return self.function(label, F.leaky_relu, x, negative_slope=float(attrs.get("alpha", 0.01)))
