@@ -36,14 +36,13 @@ from ._lib import (
     while_loop,
     zero_d,
 )
-from ._lib.dtensor import whole_dtensor_kernel
+from ._lib.dtensor import across_ranks, whole_dtensor_kernel
 from ._options import ClipOptions, NormOptions
 from ._spectrum import (
     blocks_by_rows,
     conjugate_phases,
     finish_kernel,
     finite_or_zero,
-    half_rows,
     kernel_from_rows,
     matrix_singular_values,
     mirror_row,
@@ -225,7 +224,7 @@ def spectrum_extremes(
     for _, blocks in blocks_by_rows(kernel, spec, xp, *chunks):
         s = matrix_singular_values(blocks, xp)
         parts.append(xp.stack([xp.max(s), -xp.min(s)]))
-    both = xp.max(xp.stack(parts), axis=0)
+    both = across_ranks(xp.max(xp.stack(parts), axis=0), "max")
     return xp.stack([both[0], -both[1]])
 
 
@@ -252,6 +251,7 @@ def projection_steps(
     device = device_of(kernel)
     itemsize = 16 if kernel.dtype in (xp.float64, xp.complex128) else 8
     row_sets = row_chunks(spec, real, itemsize, *chunks)
+    first, last = row_sets[0].start, row_sets[-1].stop  # (of a kernel split over ranks, this rank's rows)
 
     def step(state: tuple[Array, ...]) -> tuple[Array, ...]:
         x, dual, steps, done, initial = state
@@ -260,7 +260,7 @@ def projection_steps(
         for rows in row_sets:
             matrices = row_blocks(partial, rows, spec, xp)
             if method == "dykstra":
-                matrices = matrices + dual[rows.start : rows.stop, ...]
+                matrices = matrices + dual[rows.start - first : rows.stop - first, ...]
             half = rows if real else None
             clipped, s = clip_matrices(matrices, max_norm, min_norm, xp, rows=half, spec=spec)
             if method == "dykstra":
@@ -275,6 +275,8 @@ def projection_steps(
                 residual = residual + chunk_residual
             share = kernel_from_rows(clipped, rows, spec, spec, real, xp)
             total = share if total is None else total + share
+        total = across_ranks(total, "sum")
+        meets, top = across_ranks(meets, "all"), across_ranks(top, "max")
         new = finish_kernel(total, spec, spec, real, xp)
         initial = xp.where(steps == 0, top, initial)
         if method != "dykstra" and tol is not None:
@@ -285,7 +287,7 @@ def projection_steps(
             # Step to the hyperplane through P_B(x) normal to x - P_B(x), which
             # contains B; within S that is x + lam (P_S P_B x - x), lam >= 1.
             # (A kernel's squared norm is its layer's divided by the number of blocks.)
-            residual = residual / spec.n_blocks
+            residual = across_ranks(residual, "sum") / spec.n_blocks
             length = _sum_squares(new - x, xp)
             one = xp.ones_like(length)
             lam = xp.where(length > 0, residual / xp.where(length > 0, length, one), one)
@@ -308,7 +310,7 @@ def projection_steps(
 
     if method == "dykstra":
         shape = (
-            half_rows(spec, real),
+            last - first,
             *spec.freq_grid[1:],
             spec.groups,
             spec.phases * spec.group_in,
@@ -475,5 +477,5 @@ def clip_full(kernel: Array, spec: ConvSpec, xp: Namespace, options: ClipOptions
         clipped, _ = clip_matrices(blocks, upper, lower, xp, rows=rows if real else None, spec=spec)
         share = kernel_from_rows(clipped, rows, spec, full_size, real, xp)
         total = share if total is None else total + share
-    total = finish_kernel(total, spec, full_size, real, xp)
+    total = finish_kernel(across_ranks(total, "sum"), spec, full_size, real, xp)
     return user_kernel(total * xp.astype(scale, total.dtype), full_size, xp, user_dtype)

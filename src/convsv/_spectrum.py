@@ -31,6 +31,7 @@ from ._lib import (
     start_vector,
     while_loop,
 )
+from ._lib.dtensor import rows_share
 from ._limits import check_memory
 
 
@@ -215,16 +216,18 @@ def row_chunks(
     """The first-axis output rows to compute, in chunks.
 
     At most ``chunk_size`` frequencies or about ``max_memory`` bytes of
-    blocks in flight per chunk, never less than one row.
+    blocks in flight per chunk, never less than one row. Of a ``DTensor``
+    kernel split over ranks, this rank's share of the rows (see
+    :mod:`convsv._lib.dtensor`; the callers combine the shares).
     """
-    rows = half_rows(spec, real)
+    rows = rows_share(half_rows(spec, real))
     per_row = math.prod(spec.freq_grid[1:])
-    step = rows
+    step = len(rows)
     if chunk_size is not None:
         step = min(step, max(1, chunk_size // per_row))
     if max_memory is not None:
         step = min(step, max(1, max_memory // (_row_entries(spec) * itemsize)))
-    return [range(a, min(a + step, rows)) for a in range(0, rows, step)]
+    return [range(a, min(a + step, rows.stop)) for a in range(rows.start, rows.stop, step)]
 
 
 def _row_entries(spec: ConvSpec) -> int:

@@ -25,7 +25,7 @@ from ._lib import (
     unit_scale,
     zero_d,
 )
-from ._lib.dtensor import whole_dtensor_kernel
+from ._lib.dtensor import across_ranks, joined_rows, whole_dtensor_kernel
 from ._limits import check_memory
 from ._operator import forward_matrix
 from ._options import NormOptions
@@ -33,6 +33,7 @@ from ._spectrum import (
     blocks_by_rows,
     gram_iteration_bounds,
     grouped,
+    half_rows,
     matrix_singular_values,
     mirror_rows,
     power_iteration_norm,
@@ -92,7 +93,7 @@ def circular_norm(kernel: Array, spec: ConvSpec, xp: Namespace, options: NormOpt
             steps = min(options.iterations, MAX_GRAM_STEPS)
             _, value = gram_iteration_bounds(blocks, floor, tolerance, steps, xp)
         best = value if best is None else xp.maximum(best, value)
-    return zero_d(best * scale, xp)
+    return zero_d(across_ranks(best, "max") * scale, xp)
 
 
 def lanczos_options(kernel: Array, spec: ConvSpec, xp: Namespace, options: NormOptions) -> dict[str, Any]:
@@ -228,6 +229,7 @@ def _circular_spectrum(
         for _, blocks in blocks_by_rows(k, spec, xp, chunk_size, max_memory)
     ]
     values = xp.concat(chunks, axis=0) if len(chunks) > 1 else chunks[0]
+    values = joined_rows(values, half_rows(spec, not xp.isdtype(k.dtype, "complex floating")))
     return spectrum_rows(mirror_rows(values, spec, xp), spec, xp)
 
 

@@ -10,6 +10,8 @@ convolution, then the root), trained, where it is, 6 SGD steps on batches that d
   as plain tensors (norms), equal to the unsharded results; differentiable under autograd.
   ``check_parametrizing_a_sharded_layer_is_refused``: spectral_norm or parametrize_operator_norm
   after ``fully_shard`` is a ``TypeError`` saying to parametrize first.
+  ``check_rows_split_over_ranks``: each rank computes its share of the frequency rows; the
+  combined results equal the unsharded ones.
 - ``clip``: :func:`~convsv.torch.clip_operator_norm_` once: the gathered weights, the norms.
 - ``parametrized``: a layer under :func:`~convsv.torch.parametrize_operator_norm`, sharded and
   trained on the same data on every rank (``parametrized_run``).
@@ -24,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 import torch
@@ -32,6 +35,7 @@ from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor, init_device_mesh
 
 import convsv
+import convsv._spectrum
 from convsv.torch import OperatorNormClipper, clip_operator_norm_, parametrize_operator_norm, spectral_norm
 
 CLIP = {"method": "extrapolated", "iterations": 50, "tol": 1e-5}
@@ -106,6 +110,54 @@ def check_dtensor_kernels(world: int) -> None:
     reference = kernel.clone().requires_grad_(True)
     convsv.clip_operator_norm(reference, 8, 1.0, layout="OIHW", padding="circular").sum().backward()
     torch.testing.assert_close(leaf.grad.full_tensor(), reference.grad)
+
+
+def check_rows_split_over_ranks(world: int) -> None:
+    """Outside autograd each rank builds and decomposes only its share of the frequency rows (the
+    shares, gathered, cover every row once), and the combined results equal the unsharded ones:
+    spectra, norms by every method, every projection method, in chunks and whole."""
+    torch.manual_seed(2)
+    mesh = init_device_mesh("cpu", (world,))
+    seen: list[tuple[int, range]] = []
+    share_rows = convsv._spectrum.rows_share
+
+    def spy(count: int) -> range:
+        seen.append((count, share_rows(count)))
+        return seen[-1][1]
+
+    circular: dict[str, Any] = {"layout": "OIHW", "padding": "circular"}
+    clip_methods = [
+        {"method": method, "iterations": 30, "tol": 1e-6, "chunk_size": 8}
+        for method in ("extrapolated", "alternating", "dykstra")
+    ]
+    cases: list[Callable[[Any], Any]] = [
+        *(lambda k, m=m: convsv.operator_norm(k, 9, method=m, **circular) for m in ("eigh", "svd", "gram")),
+        lambda k: convsv.operator_norm_bounds(k, 9, layout="OIHW", padding=1),
+        lambda k: convsv.singular_values(k, 9, chunk_size=8, **circular),
+        lambda k: convsv.singular_values(k, 8, stride=2, **circular),
+        *(lambda k, o=o: convsv.clip_operator_norm(k, 9, 1.0, **o, **circular) for o in clip_methods),
+        lambda k: convsv.clip_operator_norm(
+            k, 9, 1.0, min_norm=0.5, method="alternating", iterations=5, **circular
+        ),
+        lambda k: convsv.clip_operator_norm(k, 9, 1.0, layout="OIHW", padding=1, iterations=20, tol=1e-6),
+        lambda k: convsv.clip_singular_values(k, 9, 1.0, min_norm=0.3, layout="OIHW"),
+    ]
+    for dtype in (torch.float64, torch.complex128):
+        kernel = torch.randn(6, 4, 3, 3, dtype=dtype)
+        sharded = distribute_tensor(kernel, mesh, [Shard(0)])
+        for case in cases:
+            expected = case(kernel)
+            seen.clear()
+            with mock.patch("convsv._spectrum.rows_share", spy):
+                result = case(sharded)
+            result = result.full_tensor() if isinstance(result, DTensor) else result
+            torch.testing.assert_close(result, expected, rtol=1e-8, atol=1e-10)
+            assert seen, "no frequency rows were computed"
+            shares: list[list[tuple[int, range]]] = [[] for _ in range(world)]
+            torch.distributed.all_gather_object(shares, seen)
+            for calls in zip(*shares, strict=True):  # the same call on every rank
+                count = calls[0][0]
+                assert [row for _, share in calls for row in share] == list(range(count)), calls
 
 
 def parametrized_run(sharded: bool) -> dict[str, Any]:
@@ -203,6 +255,7 @@ def check_parametrizing_a_sharded_layer_is_refused(model: Model) -> None:
 def fsdp(model: Model, rank: int, out: Path) -> None:
     """Every case, in one process group; ``model`` is ``torch_worker.model``."""
     check_dtensor_kernels(torch.distributed.get_world_size())
+    check_rows_split_over_ranks(torch.distributed.get_world_size())
     check_parametrizing_a_sharded_layer_is_refused(model)
     saved = {
         "clip": clipped(model),

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import datetime
 import sys
 from pathlib import Path
 
@@ -40,7 +41,10 @@ def model() -> nn.Module:
 
 
 def main(mode: str, rank: int, world: int, init_file: str, out: Path) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # A rank that fails leaves the others waiting in a collective: an error after a minute, not a hang.
+    wait = datetime.timedelta(seconds=60)
+    init = f"file://{init_file}"
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world, timeout=wait)
     try:
         net = model()
         if mode == "fsdp":

@@ -18,22 +18,33 @@ public functions and the adapters both call them. The PyTorch adapters use
 about ``DTensor``. Nothing here imports torch: a ``DTensor`` can only exist
 once ``torch.distributed.tensor`` has been imported.
 
-Every rank computes the projection of the same gathered kernel. Outside
-autograd the result is scattered from the mesh's first rank
+Outside autograd the ranks of the kernel's mesh split the work: each
+builds and decomposes its share of the frequency rows (:func:`rows_share`,
+which :func:`convsv._spectrum.row_chunks` asks), so its blocks take a
+share of the memory, and the pieces are combined across the ranks
+(:func:`across_ranks`: the largest value for norms, the sum of each share's
+part of the kernel for projections; :func:`joined_rows`: the spectrum).
+Under autograd every rank computes the whole (the collectives are not
+differentiable). A projection is scattered from the mesh's first rank
 (``distribute_tensor``), so the shards fit together even where two ranks'
-round-off could differ; under autograd each rank keeps its own share of
-its own result (``DTensor.from_local(..., Replicate)``, then
-``redistribute``), which is differentiable and takes no communication.
+round-off could differ; under autograd each rank keeps its own share of its
+own result (``DTensor.from_local(..., Replicate)``, then ``redistribute``),
+which is differentiable and takes no communication.
 """
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+#: The process group whose ranks share the frequency rows of the kernel being computed (None: no split).
+_ROW_GROUP: contextvars.ContextVar[Any] = contextvars.ContextVar("convsv_row_group", default=None)
 
 
 def _dtensor_module() -> Any:
@@ -83,8 +94,79 @@ def _resharded(result: Any, like: Any) -> Any:
     return module.distribute_tensor(result, mesh, placements)
 
 
+def _row_group(kernel: Any, whole_kernel: Any, spec: Any) -> Any:
+    """The process group to split ``spec``'s frequency rows over for ``kernel``, or None.
+
+    The ranks of the kernel's mesh, where it has more than one and each gets
+    a row of the first frequency axis (``m // 2 + 1``, the fewest a layer
+    has, is at least the rank count): a one-dimensional mesh's group, or
+    the world's for a larger mesh that spans it (torch names no group for
+    the ranks of an arbitrary mesh). Never under autograd.
+    """
+    torch = sys.modules["torch"]
+    mesh = kernel.device_mesh
+    size = mesh.size()
+    if size < 2 or spec.freq_grid[0] // 2 + 1 < size:
+        return None
+    if whole_kernel.requires_grad and torch.is_grad_enabled():
+        return None
+    if mesh.ndim == 1:
+        return mesh.get_group()
+    world = torch.distributed.group.WORLD
+    return world if size == torch.distributed.get_world_size(world) else None
+
+
+def _share(count: int, group: Any, rank: int) -> range:
+    distributed = sys.modules["torch"].distributed
+    size = distributed.get_world_size(group)
+    return range(count * rank // size, count * (rank + 1) // size)
+
+
+def rows_share(count: int) -> range:
+    """The rows of ``range(count)`` (frequency rows) this rank computes: all of them unless split."""
+    group = _ROW_GROUP.get()
+    if group is None:
+        return range(count)
+    return _share(count, group, sys.modules["torch"].distributed.get_rank(group))
+
+
+def across_ranks(x: Any, op: str) -> Any:
+    """``x`` combined over the ranks that split the rows: ``op`` is ``"max"``, ``"sum"`` or ``"all"``.
+
+    ``x`` itself outside a split. ``"all"`` is the logical and of booleans.
+    """
+    group = _ROW_GROUP.get()
+    if group is None:
+        return x
+    distributed = sys.modules["torch"].distributed
+    if op == "all":
+        return across_ranks(x.to(dtype=sys.modules["torch"].int32), "min") > 0
+    combined = x.clone()
+    distributed.all_reduce(combined, op=getattr(distributed.ReduceOp, op.upper()), group=group)
+    return combined
+
+
+def joined_rows(x: Any, count: int) -> Any:
+    """Every rank's rows of ``range(count)`` (``x`` holds this rank's, on axis 0), in order, on every rank."""
+    group = _ROW_GROUP.get()
+    if group is None:
+        return x
+    torch = sys.modules["torch"]
+    size = torch.distributed.get_world_size(group)
+    shares = [_share(count, group, rank) for rank in range(size)]
+    longest = max(len(share) for share in shares)
+    padded = torch.zeros((longest, *x.shape[1:]), dtype=x.dtype, device=x.device)
+    padded[: x.shape[0]] = x
+    pieces = [torch.empty_like(padded) for _ in shares]
+    torch.distributed.all_gather(pieces, padded, group=group)
+    return torch.cat([piece[: len(share)] for piece, share in zip(pieces, shares, strict=True)])
+
+
 def whole_dtensor_kernel(*, reshard: bool) -> Callable[[F], F]:
-    """Let ``func(kernel, ...)`` take a ``DTensor`` kernel: gathered in, resharded out.
+    """Let ``func(kernel, spec, ...)`` take a ``DTensor`` kernel: gathered in, resharded out.
+
+    While ``func`` runs, the ranks of the kernel's mesh split ``spec``'s
+    frequency rows (see :func:`rows_share`).
 
     Parameters
     ----------
@@ -97,10 +179,15 @@ def whole_dtensor_kernel(*, reshard: bool) -> Callable[[F], F]:
 
     def decorate(func: F) -> F:
         @functools.wraps(func)
-        def wrapper(kernel: Any, *args: Any, **kwargs: Any) -> Any:
+        def wrapper(kernel: Any, spec: Any, *args: Any, **kwargs: Any) -> Any:
             if not is_dtensor(kernel):
-                return func(kernel, *args, **kwargs)
-            result = func(whole(kernel), *args, **kwargs)
+                return func(kernel, spec, *args, **kwargs)
+            whole_kernel = whole(kernel)
+            token = _ROW_GROUP.set(_row_group(kernel, whole_kernel, spec))
+            try:
+                result = func(whole_kernel, spec, *args, **kwargs)
+            finally:
+                _ROW_GROUP.reset(token)
             if not reshard:
                 return result
             if isinstance(result, tuple):
