@@ -77,3 +77,17 @@ def test_lipschitz_certify_quick_run(tmp_path):
         assert row["lower_seconds"] > 0, row
     rows_printed = [line for line in done.stdout.splitlines() if line.startswith(("| ResNet", "| CIFAR"))]
     assert len(rows_printed) == 3, done.stdout
+
+
+def test_sharded_memory_quick_run():
+    """Not a timing test: every call runs on one and two gloo ranks and agrees (checked in the script)."""
+    script = str(HERE / "sharded_memory.py")
+    argv = ["--channels", "16", "--grid", "8", "--ranks", "1", "2"]
+    done = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    rows = [
+        line.split() for line in done.stdout.splitlines() if line.startswith(("operator", "singular", "clip"))
+    ]
+    assert [(row[0], row[1]) for row in rows] == [
+        (t, r) for t in ("operator_norm", "singular_values", "clip_operator_norm") for r in "12"
+    ]

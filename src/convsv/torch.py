@@ -344,8 +344,8 @@ def clip_operator_norm_(
     computed before any is written. Under DDP every rank projects its own
     (identical) replica and gets the same result. Under FSDP2
     (``fully_shard``) each kernel is a ``DTensor`` shard: every rank
-    gathers the whole kernel, projects it, and keeps its own shard of rank
-    0's result, so all ranks call this together (as they call
+    gathers the whole kernel, projects it (each rank computing its share of
+    the frequencies), and keeps its own shard of rank 0's result, so all ranks call this together (as they call
     ``optimizer.step()``) and end with the same weights; the report's norms
     are plain tensors, the same on every rank.
 
