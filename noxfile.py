@@ -1,19 +1,17 @@
 """Test, lint, type-check and documentation sessions.
 
-``nox`` runs the default sessions: ``tests`` (in one environment, the core
-test suite on every CPU array backend -- numpy, array_api_strict, torch,
-jax -- then the training adapters on PyTorch and JAX, then the command line
-on every model format with the experiments' and the benchmarks' quick runs),
-``adapters-tensorflow`` (Keras on TensorFlow, which gets its own
-environment), ``lint`` and ``docs`` (the type check, then the pages built
-and their examples run). The parts of ``tests`` are sessions of their own
-for development, not run by default: ``core``, ``backend(name='torch')``
-(the core suite on one backend), ``adapters-torch``, ``adapters-jax``,
-``scripts``; so is ``typecheck``. ``nox -t gpu`` runs the GPU session (``tests-gpu``) in
-the current interpreter (for machines with CUDA, torch/jax/cupy preinstalled
-and no package index). ``nox -s bench`` runs the benchmarks (``nox -s bench
--- --quick`` for a smoke run); ``nox -s fuzz`` the random campaign against
-dense ground truth at full size (docs/accuracy.md; ``tests`` runs it small).
+``nox`` runs the default sessions: ``tests`` (in one environment, the core test suite on every
+CPU array backend -- numpy, array_api_strict, torch, jax -- then the training adapters on
+PyTorch and JAX, then the command line on every model format with the experiments' and the
+benchmarks' quick runs), ``adapters-tensorflow`` (Keras on TensorFlow, which gets its own
+environment), ``lint`` and ``docs`` (the type check, then the pages built and their examples
+run). The parts of ``tests`` are sessions of their own for development, not run by default:
+``core``, ``backend(name='torch')`` (the core suite on one backend), ``adapters-torch``,
+``adapters-jax``, ``scripts``, ``sharded`` (the multi-process and multi-device tests); so is
+``typecheck``. ``nox -t gpu`` runs the GPU session (``tests-gpu``) in the current interpreter
+(for machines with CUDA, torch/jax/cupy preinstalled and no package index). ``nox -s bench``
+runs the benchmarks (``nox -s bench -- --quick`` for a smoke run); ``nox -s fuzz`` the random
+campaign against dense ground truth at full size (docs/accuracy.md; ``tests`` runs it small).
 
 Sessions share environments where their packages agree, because on a
 two-core CI machine installing PyTorch and JAX took a minute or more per
@@ -194,6 +192,23 @@ def scripts(session: nox.Session) -> None:
     """The command line on every model format, the experiments' and the benchmarks' ``--quick`` runs."""
     session.install(*FORMATS, "-e", ".[test]")
     _scripts(session)
+
+
+# The tests that start several processes (FSDP2 over gloo) or devices (JAX host devices); the
+# default `tests` session runs them with the rest.
+SHARDED = [
+    "tests/test_sharding.py",
+    "tests/adapters/test_torch_sharded.py",
+    "benchmarks/test_quick_run.py::test_sharded_memory_quick_run",
+]
+
+
+@nox.session(default=False)
+def sharded(session: nox.Session) -> None:
+    """The multi-process and multi-device tests alone: FSDP2 and DTensor, JAX meshes, their examples."""
+    session.install(*ADAPTERS["torch"][0], *ADAPTERS["jax"][0], "scikit-learn", "-e", ".[test]")
+    env = {**TEST_ENV, "CONVSV_BACKENDS": "numpy,torch,jax", "CONVSV_REQUIRE_ADAPTERS": "1"}
+    session.run("pytest", "-n", "2", *SHARDED, *session.posargs, env=env)
 
 
 @nox.session(name="tests-gpu", venv_backend="none", default=False, tags=["gpu"])
