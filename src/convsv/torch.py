@@ -345,8 +345,9 @@ def clip_operator_norm_(
     (identical) replica and gets the same result. Under FSDP2
     (``fully_shard``) each kernel is a ``DTensor`` shard: every rank
     gathers the whole kernel, projects it (each rank computing its share of
-    the frequencies), and keeps its own shard of rank 0's result, so all ranks call this together (as they call
-    ``optimizer.step()``) and end with the same weights; the report's norms
+    the frequencies), and keeps its own shard of rank 0's result, so all
+    ranks call this together (as they call ``optimizer.step()``) and end
+    with the same weights; the report's norms
     are plain tensors, the same on every rank.
 
     Examples

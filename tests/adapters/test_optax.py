@@ -619,3 +619,34 @@ def test_example_script(script):
     norms = dict(re.findall(r"(conv\d) operator norm: ([\d.]+)", result.stdout))
     assert set(norms) == {"conv1", "conv2", "conv3"}, result.stdout
     assert all(float(n) <= 0.8 * (1 + 1e-3) for n in norms.values()), result.stdout
+
+
+@pytest.mark.slow
+def test_mesh_example_script():
+    """The sharded example on four host devices: the parameters keep their split, the norms the bound."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "examples" / "optax_mesh_digits.py"),
+            "--devices",
+            "4",
+            "--steps",
+            "6",
+            "--every",
+            "3",
+            "--max-norm",
+            "0.8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        # (RBG keys: see _key. The script sets XLA_FLAGS itself, appending to these.)
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "JAX_DEFAULT_PRNG_IMPL": "rbg"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "every kernel keeps its sharding: True" in result.stdout, result.stdout
+    assert re.search(r"test accuracy: [01]\.\d+", result.stdout), result.stdout
+    norms = dict(re.findall(r"(conv\d) operator norm: ([\d.]+)", result.stdout))
+    assert set(norms) == {"conv1", "conv2"}, result.stdout
+    assert all(float(n) <= 0.8 * (1 + 1e-3) for n in norms.values()), result.stdout

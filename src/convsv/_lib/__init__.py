@@ -583,24 +583,51 @@ def _spread_over(mesh: Any, fn: Callable[[Array], Any], matrices: Array, xp: Nam
     The leading axis of the flattened batch, padded with zero matrices to a
     multiple of the device count, is split over every axis of the mesh
     (explicit axes: by type, then gathered back, since reshaping a split axis
-    has no explicit type; automatic axes: a constraint XLA propagates).
+    has no explicit type; automatic axes: a constraint XLA propagates). On
+    several CPU devices of one process, each device's share goes one matrix
+    at a time (see :func:`_shares_a_host_pool`).
     """
     jax = _jax()
     batch, (r, c) = matrices.shape[:-2], matrices.shape[-2:]
     count = math.prod(batch)
-    spread = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(tuple(mesh.axis_names)))
+    axes = tuple(mesh.axis_names)
     explicit = all(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types)
     flat = pad_axis(xp.reshape(matrices, (count, r, c)), 0, 0, -count % mesh.size, xp)
+    one_at_a_time = _shares_a_host_pool(mesh)
+    if one_at_a_time:  # (share, devices, r, c): step i of the loop gives every device its i-th matrix
+        flat = xp.permute_dims(xp.reshape(flat, (mesh.size, -1, r, c)), (1, 0, 2, 3))
+    spec = jax.sharding.PartitionSpec(None, axes) if one_at_a_time else jax.sharding.PartitionSpec(axes)
+    spread = jax.sharding.NamedSharding(mesh, spec)
     flat = jax.sharding.reshard(flat, spread) if explicit else jax.lax.with_sharding_constraint(flat, spread)
-    results = fn(flat)
+    results = jax.lax.map(fn, flat) if one_at_a_time else fn(flat)
 
     def join(part: Array) -> Array:
         if explicit:
             whole = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
             part = jax.sharding.reshard(part, whole)
+        if one_at_a_time:
+            part = xp.permute_dims(part, (1, 0, *range(2, part.ndim)))
+            part = xp.reshape(part, (-1, *part.shape[2:]))
         return xp.reshape(part[:count, ...], (*batch, *part.shape[1:]))
 
     return tuple(join(res) for res in results) if isinstance(results, tuple) else join(results)
+
+
+def _shares_a_host_pool(mesh: Any) -> bool:
+    """Whether several of ``mesh``'s devices are CPU devices of this process (host-platform devices).
+
+    Their programs run on one thread pool, and jaxlib's batched LAPACK
+    kernels (eigh, SVD) hand parts of their batch to that pool and wait: when
+    every thread of it waits so, nothing runs the parts, and the process
+    hangs (seen on two cores with four devices). One matrix per call hands
+    out nothing.
+    """
+    jax = _jax()
+    devices = getattr(mesh, "devices", None)
+    if devices is None:  # an abstract mesh (a tracer's): the default backend's devices
+        return jax.default_backend() == "cpu" and jax.local_device_count() > 1
+    local = [d for d in devices.flat if d.platform == "cpu" and d.process_index == jax.process_index()]
+    return len(local) > 1
 
 
 def spread_rows(blocks: Array) -> Array:
