@@ -347,8 +347,8 @@ def clip_operator_norm_(
     gathers the whole kernel, projects it (each rank computing its share of
     the frequencies), and keeps its own shard of rank 0's result, so all
     ranks call this together (as they call ``optimizer.step()``) and end
-    with the same weights; the report's norms
-    are plain tensors, the same on every rank.
+    with the same weights; the report's norms are plain tensors, the same
+    on every rank.
 
     Examples
     --------

@@ -623,10 +623,10 @@ def _shares_a_host_pool(mesh: Any) -> bool:
     out nothing.
     """
     jax = _jax()
-    devices = getattr(mesh, "devices", None)
-    if devices is None:  # an abstract mesh (a tracer's): the default backend's devices
+    if not isinstance(mesh, jax.sharding.Mesh):  # an abstract mesh (a tracer's): the default backend's
         return jax.default_backend() == "cpu" and jax.local_device_count() > 1
-    local = [d for d in devices.flat if d.platform == "cpu" and d.process_index == jax.process_index()]
+    devices = mesh.devices.flat
+    local = [d for d in devices if d.platform == "cpu" and d.process_index == jax.process_index()]
     return len(local) > 1
 
 
