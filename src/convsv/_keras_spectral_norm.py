@@ -148,11 +148,12 @@ class SpectralNormalization(keras.layers.Wrapper):  # type: ignore[misc]
     >>> import keras, numpy as np
     >>> import convsv
     >>> from convsv.keras import SpectralNormalization
+    >>> keras.utils.set_random_seed(0)
     >>> layer = SpectralNormalization(keras.layers.Conv2D(4, 3, padding="same"))
     >>> x = np.random.default_rng(0).standard_normal((2, 8, 8, 3)).astype("float32")
-    >>> y = layer(x, training=True)
+    >>> y = layer(x, training=True)  # one power step from a cold start; each call takes another
     >>> kernel = np.asarray(layer.normalized_kernel())
-    >>> bool(abs(convsv.operator_norm(kernel, 8, layout="HWIO", padding="same") - 1) < 1e-3)
+    >>> bool(abs(convsv.operator_norm(kernel, 8, layout="HWIO", padding="same") - 1) < 2e-2)
     True
     """
 

@@ -624,7 +624,7 @@ def _shares_a_host_pool(mesh: Any) -> bool:
     """
     jax = _jax()
     if not isinstance(mesh, jax.sharding.Mesh):  # an abstract mesh (a tracer's): the default backend's
-        return jax.default_backend() == "cpu" and jax.local_device_count() > 1
+        return bool(jax.default_backend() == "cpu" and jax.local_device_count() > 1)
     devices = mesh.devices.flat
     local = [d for d in devices if d.platform == "cpu" and d.process_index == jax.process_index()]
     return len(local) > 1
